@@ -1,0 +1,228 @@
+"""Pure NumPy layers of the char-RNN: forward and backward passes, no state, no I/O.
+
+Every layer is a pair of pure functions in the CS231n style:
+
+    out, cache = <layer>_forward(inputs..., params...)
+    grads      = <layer>_backward(dout, cache)   # one gradient per input, in argument order
+
+Caches are small named tuples. Arrays are *time-major* inside the engine: a
+sequence of hidden states is (T, B, H), so that the slice for one time step is a
+contiguous (B, H) block, which is what the step-by-step recurrence and BLAS want.
+
+Shape letters: T time, B batch, V vocabulary, D input features, H hidden units,
+N = T * B rows when time and batch are flattened for one large matrix product.
+
+Nothing here upcasts: float32 inputs give float32 outputs.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+ACTIVATIONS = ("tanh", "relu")
+
+
+def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
+    """Encode integer ids of any shape (...) as one-hot vectors of shape (..., V).
+
+    The training path never builds this matrix (a one-hot row times a weight matrix
+    is a row lookup, see `onehot_affine_forward`); it is the plain reference encoder,
+    used by the tests to prove that the lookup is the same product.
+    """
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"ids must be integers, got {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise ValueError(f"ids must lie in [0, {vocab_size}), got range [{ids.min()}, {ids.max()}]")
+    out = np.zeros(ids.shape + (vocab_size,), dtype=dtype)
+    np.put_along_axis(out, ids[..., None], 1, axis=-1)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Input projections
+# ---------------------------------------------------------------------------
+
+
+class OneHotAffineCache(NamedTuple):
+    ids: np.ndarray  # (...) integer ids that selected the rows
+    W_shape: tuple[int, int]  # (V, H)
+
+
+def onehot_affine_forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray):
+    """out = one_hot(ids) @ W + b, computed as a row lookup.
+
+    ids: (...) integers in [0, V); W: (V, H); b: (H,). Returns out (..., H).
+    """
+    out = W[ids]  # (..., H) gather: a fresh array we may add into
+    out += b
+    return out, OneHotAffineCache(ids, W.shape)
+
+
+def onehot_affine_backward(dout: np.ndarray, cache: OneHotAffineCache):
+    """Gradients of `onehot_affine_forward` with respect to (W, b).
+
+    dout: (..., H). The ids carry no gradient. dW is a scatter-add of the rows of
+    dout into the rows their ids selected: each row of W receives the sum of dout
+    over every position where its character was the input.
+    """
+    H = dout.shape[-1]
+    d2 = dout.reshape(-1, H)  # (N, H)
+    dW = np.zeros(cache.W_shape, dtype=dout.dtype)
+    np.add.at(dW, cache.ids.reshape(-1), d2)
+    db = d2.sum(axis=0)
+    return dW, db
+
+
+class AffineCache(NamedTuple):
+    x: np.ndarray  # (..., D)
+    W: np.ndarray  # (D, H)
+
+
+def affine_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray):
+    """out = x @ W + b over all leading axes at once (one matrix product of N rows).
+
+    x: (..., D); W: (D, H); b: (H,). Returns out (..., H).
+    """
+    D = x.shape[-1]
+    out = x.reshape(-1, D) @ W  # (N, H)
+    out += b
+    return out.reshape(x.shape[:-1] + (W.shape[1],)), AffineCache(x, W)
+
+
+def affine_backward(dout: np.ndarray, cache: AffineCache):
+    """Gradients of `affine_forward` with respect to (x, W, b). dout: (..., H)."""
+    x, W = cache
+    D, H = W.shape
+    x2 = x.reshape(-1, D)  # (N, D)
+    d2 = dout.reshape(-1, H)  # (N, H)
+    dx = (d2 @ W.T).reshape(x.shape)
+    dW = x2.T @ d2
+    db = d2.sum(axis=0)
+    return dx, dW, db
+
+
+# ---------------------------------------------------------------------------
+# The recurrence
+# ---------------------------------------------------------------------------
+
+
+class RNNCache(NamedTuple):
+    hs: np.ndarray  # (T, B, H) hidden states h_1..h_T (the activations, not the pre-activations)
+    h0: np.ndarray  # (B, H) state before the first step
+    Whh: np.ndarray  # (H, H)
+    activation: str
+
+
+def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str = "tanh"):
+    """Run h_t = f(a_t + h_{t-1} @ Whh) for t = 1..T.
+
+    a: (T, B, H) input pre-activations x_t Wxh + bh, already computed for all steps
+    with one large product. It is overwritten: its memory becomes the output hs.
+    h0: (B, H); Whh: (H, H). Returns hs (T, B, H) and a cache.
+
+    Only f(a) is kept: both derivatives are functions of the output
+    (tanh' = 1 - h^2, relu' = [h > 0]), so the pre-activations need no storage.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    T = a.shape[0]
+    hs = a  # in place: a_t is consumed before h_t is written over it
+    rec = np.empty_like(h0)  # (B, H) buffer for h_{t-1} @ Whh
+    h_prev = h0
+    for t in range(T):
+        np.matmul(h_prev, Whh, out=rec)
+        at = hs[t]
+        at += rec
+        if activation == "tanh":
+            np.tanh(at, out=at)
+        else:
+            np.maximum(at, 0, out=at)
+        h_prev = at
+    return hs, RNNCache(hs, h0, Whh, activation)
+
+
+def rnn_backward(dhs: np.ndarray, cache: RNNCache):
+    """Backpropagation through time for `rnn_forward`: gradients for (a, h0, Whh).
+
+    dhs: (T, B, H) gradient of the loss with respect to each h_t from above (the
+    output layer or the next layer up). It is overwritten and returned as da.
+
+    Going backwards, the gradient into h_t is the one from above plus the one
+    coming back from step t+1 through Whh:  dh_t = dhs_t + da_{t+1} @ Whh^T,
+    and da_t = dh_t * f'(a_t). The weight gradient then needs no loop:
+    dWhh = sum_t h_{t-1}^T da_t, one (H, N) x (N, H) product over all steps.
+    """
+    hs, h0, Whh, activation = cache
+    T = hs.shape[0]
+    da = dhs  # in place: dhs_t is consumed before da_t is written over it
+    carry = np.zeros_like(h0)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
+    WhhT = Whh.T
+    for t in range(T - 1, -1, -1):
+        dt = da[t]
+        dt += carry
+        ht = hs[t]
+        if activation == "tanh":
+            dt *= 1 - ht * ht
+        else:
+            dt *= ht > 0
+        np.matmul(dt, WhhT, out=carry)
+    dh0 = carry
+    H = Whh.shape[0]
+    dWhh = h0.T @ da[0]
+    if T > 1:
+        dWhh += hs[:-1].reshape(-1, H).T @ da[1:].reshape(-1, H)
+    return da, dh0, dWhh
+
+
+# ---------------------------------------------------------------------------
+# Loss
+# ---------------------------------------------------------------------------
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable log-softmax over the last axis (the row max is subtracted)."""
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    shifted -= np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return shifted
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable softmax over the last axis."""
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None):
+    """Mean negative log-likelihood of the targets and its gradient, fused.
+
+    logits: (N, V); targets: (N,) integer ids; mask: (N,) of 0/1 or None (all ones).
+    Returns (loss, dlogits): loss is a Python float in nats per counted position,
+    dlogits (N, V) has the dtype of logits. Masked positions contribute neither loss
+    nor gradient. The gradient of the mean NLL is (softmax - one_hot) / count.
+    """
+    N = logits.shape[0]
+    rows = np.arange(N)
+    probs = logits - logits.max(axis=1, keepdims=True)  # (N, V), <= 0: exp cannot overflow
+    shifted_target = probs[rows, targets]  # (N,)
+    np.exp(probs, out=probs)
+    sums = probs.sum(axis=1)  # (N,), >= 1 since the row max contributes exp(0)
+    nll = np.log(sums) - shifted_target  # (N,) exact -log p, finite even when p underflows
+    probs /= sums[:, None]
+    if mask is None:
+        count = N
+        loss = float(nll.sum(dtype=np.float64)) / count
+        probs[rows, targets] -= 1
+        probs *= probs.dtype.type(1.0 / count)
+    else:
+        mask = np.asarray(mask, dtype=logits.dtype)
+        count = float(mask.sum(dtype=np.float64))
+        if count <= 0:
+            raise ValueError("the mask leaves no position to score")
+        loss = float((nll * mask).sum(dtype=np.float64)) / count
+        probs[rows, targets] -= 1
+        probs *= (mask / logits.dtype.type(count))[:, None]
+    return loss, probs

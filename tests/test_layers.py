@@ -1,0 +1,101 @@
+"""The pure layers: one-hot lookup == one-hot product, stable softmax, fused loss."""
+
+import numpy as np
+import pytest
+
+from charrnn import one_hot
+from charrnn.layers import (
+    affine_backward,
+    affine_forward,
+    log_softmax,
+    onehot_affine_backward,
+    onehot_affine_forward,
+    rnn_forward,
+    softmax,
+    softmax_cross_entropy,
+)
+
+
+def test_one_hot_encodes_ids_of_any_shape():
+    ids = np.array([[0, 2], [1, 2]])
+    oh = one_hot(ids, 3)
+    assert oh.shape == (2, 2, 3)
+    assert oh.dtype == np.float32
+    np.testing.assert_array_equal(oh.argmax(-1), ids)
+    np.testing.assert_array_equal(oh.sum(-1), 1)
+
+
+def test_one_hot_rejects_out_of_range_and_non_integer_ids():
+    with pytest.raises(ValueError):
+        one_hot(np.array([0, 3]), 3)
+    with pytest.raises(TypeError):
+        one_hot(np.array([0.0, 1.0]), 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_row_lookup_equals_one_hot_product_forward_and_backward(dtype):
+    rng = np.random.default_rng(1)
+    V, H, T, B = 11, 6, 5, 4
+    ids = rng.integers(0, V, size=(T, B))
+    ids[0, :] = 3  # repeated ids must accumulate in the scatter-add
+    W = rng.standard_normal((V, H)).astype(dtype)
+    b = rng.standard_normal(H).astype(dtype)
+    dout = rng.standard_normal((T, B, H)).astype(dtype)
+
+    fast, fcache = onehot_affine_forward(ids, W, b)
+    ref, rcache = affine_forward(one_hot(ids, V, dtype), W, b)
+    assert fast.dtype == dtype
+    np.testing.assert_allclose(fast, ref, rtol=1e-6)
+
+    dW, db = onehot_affine_backward(dout, fcache)
+    _, dW_ref, db_ref = affine_backward(dout, rcache)
+    assert dW.dtype == dtype
+    np.testing.assert_allclose(dW, dW_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(db, db_ref, rtol=1e-5, atol=1e-6)
+    # rows of characters that never occur get exactly zero gradient
+    unseen = np.setdiff1d(np.arange(V), ids)
+    assert np.all(dW[unseen] == 0)
+
+
+def test_softmax_and_loss_are_finite_for_huge_logits():
+    logits = np.array([[1e4, 0.0, -1e4], [-1e4, -1e4, 1e4]], dtype=np.float32)
+    with np.errstate(over="raise", invalid="raise", divide="raise"):  # underflow to 0 is fine
+        p = softmax(logits)
+        lp = log_softmax(logits)
+        loss, d = softmax_cross_entropy(logits.copy(), np.array([1, 0]))
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(lp)) and np.all(np.isfinite(d))
+    np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-6)
+    # -log p(target) is exactly the logit gap: 1e4 and 2e4, mean 1.5e4, not clipped
+    assert loss == pytest.approx(1.5e4, rel=1e-6)
+
+
+def test_cross_entropy_matches_the_definition_and_respects_the_mask():
+    rng = np.random.default_rng(0)
+    N, V = 9, 5
+    logits = rng.standard_normal((N, V))
+    y = rng.integers(0, V, N)
+    mask = np.ones(N)
+    mask[[2, 7]] = 0
+    loss, d = softmax_cross_entropy(logits.copy(), y, mask)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    nll = -np.log(p[np.arange(N), y])
+    assert loss == pytest.approx(nll[mask == 1].mean(), rel=1e-12)
+    expected = (p - one_hot(y, V, np.float64)) * (mask / mask.sum())[:, None]
+    np.testing.assert_allclose(d, expected, rtol=1e-12, atol=1e-15)
+    assert np.all(d[[2, 7]] == 0)
+    with pytest.raises(ValueError):
+        softmax_cross_entropy(logits.copy(), y, np.zeros(N))
+
+
+def test_rnn_forward_is_the_recurrence_step_by_step():
+    rng = np.random.default_rng(2)
+    T, B, H = 4, 3, 5
+    a = rng.standard_normal((T, B, H))
+    h0 = rng.standard_normal((B, H))
+    Whh = rng.standard_normal((H, H)) * 0.3
+    for act, f in (("tanh", np.tanh), ("relu", lambda z: np.maximum(z, 0))):
+        hs, _ = rnn_forward(a.copy(), h0, Whh, act)
+        h = h0
+        for t in range(T):
+            h = f(a[t] + h @ Whh)
+            np.testing.assert_allclose(hs[t], h, rtol=1e-12)
