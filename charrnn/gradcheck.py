@@ -1,0 +1,171 @@
+"""Numerical gradient check: the analytic BPTT gradients against centered differences.
+
+`gradcheck` builds a small float64 model and a random batch with everything the
+training path meets: a non-zero initial state carried into the window, a mask
+with masked positions in the middle of sequences (the state still flows through
+them), and, for more than one layer, the gradient from upper layers into lower
+ones. It compares every gradient of `CharRNN.backward`, the one into the initial
+state h0 included, with
+
+    (L(theta + eps e_i) - L(theta - eps e_i)) / (2 eps)
+
+entry by entry. The error of one entry is
+
+    |a - n| / max(|a| + |n|, floor),   floor = 1e-3 * max |a| over the array
+
+a relative error, except that entries a thousand times smaller than the largest
+gradient of their array are judged against that scale: their centered difference
+is dominated by rounding (about |L| * 1e-16 / eps), and dividing that noise by a
+near-zero gradient would measure nothing. With float64 and eps = 1e-5, correct
+gradients give errors of 1e-7 or below; a missing or wrong term gives errors of
+order 1e-2 to 1 (the tests break the backward pass on purpose to show it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .model import CharRNN
+
+# Entries below this fraction of their array's largest gradient are judged against that scale.
+RELATIVE_FLOOR = 1e-3
+
+
+@dataclass(frozen=True)
+class ParamCheck:
+    name: str
+    shape: tuple[int, ...]
+    checked: int  # entries compared
+    max_rel_error: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class GradcheckResult:
+    checks: list[ParamCheck]
+    tol: float
+    eps: float
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def max_rel_error(self) -> float:
+        return max(c.max_rel_error for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {
+            "passed": self.passed,
+            "max_rel_error": self.max_rel_error,
+            "tol": self.tol,
+            "eps": self.eps,
+            "settings": self.settings,
+            "params": [
+                {
+                    "name": c.name,
+                    "shape": list(c.shape),
+                    "checked": c.checked,
+                    "max_rel_error": c.max_rel_error,
+                    "passed": c.passed,
+                }
+                for c in self.checks
+            ],
+        }
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray, scale: float) -> np.ndarray:
+    """Entry-wise |a - n| / max(|a| + |n|, RELATIVE_FLOOR * scale), scale = the array's max |a|."""
+    floor = max(RELATIVE_FLOOR * scale, np.finfo(np.float64).tiny)
+    return np.abs(analytic - numeric) / np.maximum(np.abs(analytic) + np.abs(numeric), floor)
+
+
+def numeric_gradient(f, x: np.ndarray, indices, eps: float) -> np.ndarray:
+    """Centered differences of the scalar f() with respect to x at the given flat indices.
+
+    x is perturbed in place and restored exactly after each entry.
+    """
+    flat = x.reshape(-1)  # a view: x must be contiguous
+    out = np.empty(len(indices))
+    for k, i in enumerate(indices):
+        old = flat[i]
+        flat[i] = old + eps
+        f_plus = f()
+        flat[i] = old - eps
+        f_minus = f()
+        flat[i] = old
+        out[k] = (f_plus - f_minus) / (2 * eps)
+    return out
+
+
+def make_problem(model: CharRNN, batch: int, seq: int, rng: np.random.Generator):
+    """A random batch (x, y, h0, mask) exercising every path of the gradient."""
+    V, L, H = model.vocab_size, model.num_layers, model.hidden_size
+    x = rng.integers(0, V, size=(batch, seq))
+    y = rng.integers(0, V, size=(batch, seq))
+    h0 = rng.uniform(-0.5, 0.5, size=(L, batch, H))
+    if model.activation == "tanh":
+        h0 = np.tanh(h0)
+    else:
+        h0 = np.abs(h0)  # a relu state is never negative
+    mask = np.ones((batch, seq))
+    if seq > 2:
+        mask[:, seq // 2] = 0  # masked in mid-sequence: no loss there, but the state flows on
+        mask[0, -1] = 0  # and a ragged tail on the first row
+    return x, y, h0, mask
+
+
+def gradcheck(
+    vocab: int = 7,
+    hidden: int = 10,
+    layers: int = 2,
+    batch: int = 3,
+    seq: int = 6,
+    activation: str = "tanh",
+    seed: int = 0,
+    tol: float = 1e-6,
+    eps: float = 1e-5,
+    max_checks: int | None = None,
+    model: CharRNN | None = None,
+) -> GradcheckResult:
+    """Compare analytic and numerical gradients for every parameter and for h0.
+
+    max_checks caps the entries compared per array (chosen at random with the
+    seeded generator); None compares every entry. A given `model` (float64
+    recommended) is checked instead of a freshly built one.
+    """
+    rng = np.random.default_rng(seed)
+    if model is None:
+        model = CharRNN(vocab, hidden, layers, activation, seed=seed, dtype=np.float64)
+    x, y, h0, mask = make_problem(model, batch, seq, rng)
+    h0 = h0.astype(model.dtype)
+
+    loss, cache, _ = model.forward_loss(x, y, h0, mask)
+    grads, dh0 = model.backward(cache)
+    arrays = dict(model.params)
+    analytic = dict(grads)
+    arrays["h0"], analytic["h0"] = h0, dh0
+
+    def f() -> float:
+        return model.forward_loss(x, y, h0, mask)[0]
+
+    checks = []
+    for name, arr in arrays.items():
+        n = arr.size
+        if max_checks is None or max_checks >= n:
+            idx = np.arange(n)
+        else:
+            idx = np.sort(rng.choice(n, size=max_checks, replace=False))
+        num = numeric_gradient(f, arr, idx, eps)
+        a = analytic[name].reshape(-1)
+        err = relative_error(a[idx], num, float(np.abs(a).max()))
+        worst = float(err.max()) if err.size else 0.0
+        checks.append(ParamCheck(name, tuple(arr.shape), int(idx.size), worst, bool(worst <= tol)))
+    settings = dict(
+        vocab=model.vocab_size, hidden=model.hidden_size, layers=model.num_layers, batch=batch, seq=seq,
+        activation=model.activation, seed=seed, dtype=str(model.dtype), loss=loss,
+    )
+    return GradcheckResult(checks, tol, eps, settings)

@@ -1,0 +1,73 @@
+"""Analytic BPTT gradients against centered differences, and proof the check can fail."""
+
+import numpy as np
+import pytest
+
+import charrnn.model as model_module
+from charrnn.gradcheck import gradcheck
+from charrnn.layers import RNNCache, rnn_backward
+
+EXPECTED = {
+    1: ["layers.0.Wxh", "layers.0.Whh", "layers.0.bh", "Why", "by", "h0"],
+    2: ["layers.0.Wxh", "layers.0.Whh", "layers.0.bh", "layers.1.Wxh", "layers.1.Whh", "layers.1.bh", "Why", "by", "h0"],
+}
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_every_gradient_matches_the_numerical_one(activation, layers, seed):
+    r = gradcheck(vocab=6, hidden=9, layers=layers, batch=3, seq=7, activation=activation, seed=seed, tol=1e-6)
+    assert [c.name for c in r.checks] == EXPECTED[layers]
+    for c in r.checks:
+        assert c.checked == int(np.prod(c.shape))  # every entry compared
+        assert c.max_rel_error < 1e-6, (c.name, c.max_rel_error)
+    assert r.passed
+
+
+def test_the_problem_has_a_nonzero_state_and_masked_positions():
+    from charrnn import CharRNN
+    from charrnn.gradcheck import make_problem
+
+    m = CharRNN(5, 4, 2, dtype=np.float64)
+    x, y, h0, mask = make_problem(m, 3, 7, np.random.default_rng(0))
+    assert np.abs(h0).min() > 0
+    assert (mask == 0).any() and mask[:, 3].sum() == 0 and mask[:, 4].sum() == 3
+
+
+def test_a_missing_recurrent_term_is_caught(monkeypatch):
+    def no_carry(dhs, cache):
+        # the bug: drop the gradient that comes back from h_{t+1} through Whh
+        da, dh0, dWhh = rnn_backward(dhs, RNNCache(cache.hs, cache.h0, np.zeros_like(cache.Whh), cache.activation))
+        hs, h0 = cache.hs, cache.h0
+        H = h0.shape[1]
+        dWhh = h0.T @ da[0] + hs[:-1].reshape(-1, H).T @ da[1:].reshape(-1, H)
+        return da, dh0, dWhh
+
+    monkeypatch.setattr(model_module, "rnn_backward", no_carry)
+    r = gradcheck(layers=1, seq=6)
+    failed = {c.name for c in r.checks if not c.passed}
+    assert {"layers.0.Whh", "layers.0.Wxh", "h0"} <= failed
+    assert not r.passed and r.max_rel_error > 1e-3
+
+
+def test_an_ignored_mask_is_caught(monkeypatch):
+    real = model_module.softmax_cross_entropy
+
+    def ce_without_mask_in_gradient(logits, targets, mask=None):
+        loss, _ = real(logits.copy(), targets, mask)
+        _, d = real(logits, targets, None)  # the bug: gradient as if nothing were masked
+        return loss, d
+
+    monkeypatch.setattr(model_module, "softmax_cross_entropy", ce_without_mask_in_gradient)
+    r = gradcheck(layers=2, seq=6)
+    assert not r.passed
+    assert r.max_rel_error > 1e-2
+
+
+def test_sampled_entries_and_json_shape():
+    r = gradcheck(hidden=12, layers=2, max_checks=5, seed=3)
+    assert all(c.checked == min(5, int(np.prod(c.shape))) for c in r.checks)
+    d = r.to_dict()
+    assert d["passed"] is True
+    assert {p["name"] for p in d["params"]} >= {"h0", "Why"}
