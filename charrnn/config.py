@@ -1,0 +1,273 @@
+"""The training config: dataclasses whose defaults are the documented values, read from YAML.
+
+    data: data/shakespeare          # folder written by `charrnn prepare`
+    out_dir: runs/shakespeare       # checkpoints and metrics (default: runs/<config file stem>)
+    model:  {hidden_size, num_layers, activation, dtype}
+    train:  {batch_size, seq_length, max_steps, optimizer, learning_rate, ...}
+
+Validation happens up front: an unknown key is an error that names the closest
+valid key, a wrong type or out-of-range value names the key and what it takes.
+Values can be overridden with "key.path=value" strings (the CLI's --set). YAML is
+read with the safe loader only. Paths are relative to the working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import CharRNNError
+
+
+class ConfigError(CharRNNError):
+    """A config that cannot be used."""
+
+
+@dataclass
+class ModelConfig:
+    hidden_size: int = 256
+    num_layers: int = 1
+    activation: str = "tanh"  # tanh | relu
+    dtype: str = "float32"  # float32 | float64
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 64  # parallel streams through the text
+    seq_length: int = 100  # BPTT window; the state is carried across windows
+    max_steps: int = 2000
+    optimizer: str = "adam"  # sgd | momentum | adagrad | rmsprop | adam
+    learning_rate: float = 2e-3
+    lr_schedule: str = "cosine"  # constant | step | cosine (all after a linear warmup)
+    warmup_steps: int = 100
+    min_lr_frac: float = 0.1  # cosine: final learning rate as a fraction of learning_rate
+    lr_decay_every: int = 1000  # step: multiply the rate by lr_decay every this many steps
+    lr_decay: float = 0.5
+    momentum: float = 0.9  # momentum
+    beta1: float = 0.9  # adam
+    beta2: float = 0.999  # adam
+    rms_decay: float = 0.99  # rmsprop
+    eps: float = 1e-8  # adagrad, rmsprop, adam
+    weight_decay: float = 0.0  # decoupled, on weight matrices only (not biases)
+    grad_clip: float = 5.0  # clip the global gradient norm; 0 disables
+    eval_every: int = 200
+    eval_chars: int = 0  # validation characters per evaluation; 0 = the whole split, exactly once
+    patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
+    seed: int = 0
+    time_limit: float | None = None  # wall-clock budget in seconds ("90s", "10m", "1.5h" also read)
+    sample_chars: int = 200  # characters sampled after each evaluation; 0 = none
+    sample_temperature: float = 0.8
+
+
+@dataclass
+class Config:
+    data: str = ""
+    out_dir: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.activation": ("tanh", "relu"),
+    "model.dtype": ("float32", "float64"),
+    "train.optimizer": ("sgd", "momentum", "adagrad", "rmsprop", "adam"),
+    "train.lr_schedule": ("constant", "step", "cosine"),
+}
+POSITIVE = {  # must be > 0
+    "model.hidden_size", "model.num_layers", "train.batch_size", "train.seq_length", "train.max_steps",
+    "train.learning_rate", "train.eval_every", "train.lr_decay_every", "train.eps", "train.sample_temperature",
+}  # fmt: skip
+NON_NEGATIVE = {
+    "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_chars", "train.patience",
+    "train.sample_chars", "train.seed",
+}  # fmt: skip
+UNIT_INTERVAL = {  # must lie in [0, 1)
+    "train.momentum", "train.beta1", "train.beta2", "train.rms_decay",
+}
+FRACTION = {"train.min_lr_frac", "train.lr_decay"}  # must lie in [0, 1]
+
+_DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|m|min|h)?\s*$", re.I)
+
+
+def _sections() -> dict[str, type]:
+    return {"model": ModelConfig, "train": TrainConfig}
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key the config accepts."""
+    keys = [f.name for f in dataclasses.fields(Config) if f.name not in _sections()]
+    for name, cls in _sections().items():
+        keys += [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
+    return keys
+
+
+def _suggest(key: str) -> str:
+    """'; did you mean ...?' for the closest valid key at the same level, or ''."""
+    if "." in key:
+        section = key.split(".", 1)[0]
+        candidates = [k for k in valid_keys() if k.startswith(section + ".")] or valid_keys()
+    else:
+        candidates = [f.name for f in dataclasses.fields(Config)]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _coerce(key: str, value: Any, typ: str) -> Any:
+    """Check and convert one value to the field's declared type."""
+
+    def bad(what: str) -> ConfigError:
+        return ConfigError(f"{key} must be {what}, got {value!r} ({type(value).__name__})")
+
+    if typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise bad("an integer")
+        return value
+    if typ == "float":
+        if isinstance(value, bool):
+            raise bad("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad("a number") from None
+        raise bad("a number")
+    if typ == "float | None":
+        if value is None:
+            return None
+        if isinstance(value, str) and key == "train.time_limit":
+            m = _DURATION.match(value)
+            if not m:
+                raise bad("a duration in seconds or like '90s', '10m', '1.5h'")
+            unit = (m.group(2) or "s").lower()
+            return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+        return _coerce(key, value, "float")
+    if typ == "str":
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    raise AssertionError(typ)
+
+
+def _check_range(key: str, value: Any) -> None:
+    if value is None:
+        return
+    if key in CHOICES and value not in CHOICES[key]:
+        close = difflib.get_close_matches(str(value), CHOICES[key], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}, got {value!r}{hint}")
+    if key in POSITIVE and not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}")
+    if key in NON_NEGATIVE and not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}")
+    if key in UNIT_INTERVAL and not 0 <= value < 1:
+        raise ConfigError(f"{key} must lie in [0, 1), got {value!r}")
+    if key in FRACTION and not 0 <= value <= 1:
+        raise ConfigError(f"{key} must lie in [0, 1], got {value!r}")
+    if key == "train.time_limit" and not value > 0:
+        raise ConfigError(f"{key} must be > 0 seconds, got {value!r}")
+
+
+def from_dict(raw: Any, default_out_dir: str = "") -> Config:
+    """Validate a nested mapping (as read from YAML) into a Config."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the config must be a mapping of keys to values, got {type(raw).__name__}")
+    cfg = Config()
+    top_fields = {f.name: f for f in dataclasses.fields(Config)}
+    for key, value in raw.items():
+        key = str(key)
+        if key not in top_fields:
+            raise ConfigError(f"unknown key '{key}'{_suggest(key)}")
+        if key in _sections():
+            if value is None:
+                continue
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping, got {value!r}")
+            section = getattr(cfg, key)
+            fields = {f.name: f for f in dataclasses.fields(section)}
+            for sub, v in value.items():
+                dotted = f"{key}.{sub}"
+                if sub not in fields:
+                    raise ConfigError(f"unknown key '{dotted}'{_suggest(dotted)}")
+                v = _coerce(dotted, v, str(fields[sub].type))
+                _check_range(dotted, v)
+                setattr(section, sub, v)
+        else:
+            setattr(cfg, key, _coerce(key, value, str(top_fields[key].type)))
+    if not cfg.data:
+        raise ConfigError("the config needs 'data': the folder written by `charrnn prepare`")
+    cfg.out_dir = cfg.out_dir or default_out_dir
+    if not cfg.out_dir:
+        raise ConfigError("the config needs 'out_dir': where checkpoints go")
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.max_steps=200' -> (['train', 'max_steps'], 200); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set takes key.path=value, got {text!r}")
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set takes key.path=value, got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    return key.split("."), parsed
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply --set overrides to the raw mapping before validation (so they are validated too)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text}: {part} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a YAML config."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"no such config file: {path}" if not p.exists() else f"{path} is not a file")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    return from_dict(raw, default_out_dir=str(Path("runs") / p.stem))
+
+
+def config_from_json(d: dict) -> Config:
+    """The resolved config stored in a checkpoint."""
+    return from_dict(d)

@@ -1,0 +1,76 @@
+"""Config validation: defaults, typos with suggestions, types, ranges, overrides, safe YAML."""
+
+import pytest
+
+from charrnn.config import Config, ConfigError, apply_overrides, from_dict, load_config
+
+
+def test_defaults_are_the_dataclass_values():
+    cfg = from_dict({"data": "d", "out_dir": "o"})
+    assert cfg.model.hidden_size == Config().model.hidden_size
+    assert cfg.train.optimizer == "adam" and cfg.train.time_limit is None
+
+
+def test_typo_is_an_error_naming_the_closest_key():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lerning_rate'; did you mean 'train.learning_rate'"):
+        from_dict({"data": "d", "train": {"lerning_rate": 0.1}})
+    with pytest.raises(ConfigError, match=r"did you mean 'model'"):
+        from_dict({"data": "d", "modle": {}})
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("model", "hidden_size", "big", "must be an integer"),
+        ("model", "hidden_size", -4, "must be > 0"),
+        ("model", "hidden_size", 1.5, "must be an integer"),
+        ("train", "learning_rate", 0, "must be > 0"),
+        ("train", "learning_rate", "fast", "must be a number"),
+        ("train", "batch_size", True, "must be an integer"),
+        ("train", "optimizer", "adamw", "did you mean 'adam'"),
+        ("model", "activation", "sigmoid", "one of tanh, relu"),
+        ("train", "beta2", 1.0, r"\[0, 1\)"),
+        ("train", "time_limit", "soon", "duration"),
+    ],
+)  # fmt: skip
+def test_wrong_types_and_ranges_name_the_key(section, key, value, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        from_dict({"data": "d", section: {key: value}})
+    assert f"{section}.{key}" in str(e.value)
+
+
+def test_yaml_quirks_are_handled(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: d\ntrain:\n  learning_rate: 2e-3\n  time_limit: 10m\n")  # YAML 1.1 reads 2e-3 as a string
+    cfg = load_config(p)
+    assert cfg.train.learning_rate == 0.002 and cfg.train.time_limit == 600.0
+    assert cfg.out_dir == "runs/c"  # default: runs/<config stem>
+
+
+def test_overrides_are_validated_too(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: d\n")
+    cfg = load_config(p, ["train.max_steps=7", "model.activation=relu", "out_dir=x"])
+    assert cfg.train.max_steps == 7 and cfg.model.activation == "relu" and cfg.out_dir == "x"
+    with pytest.raises(ConfigError, match="did you mean 'train.max_steps'"):
+        load_config(p, ["train.max_step=7"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides({}, ["train.max_steps"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [("- a\n- b\n", "mapping"), ("data: [unclosed\n", "not valid YAML"), ("!!python/object/apply:os.system ['echo hi']\n", "not valid YAML")],
+)  # fmt: skip
+def test_bad_files_are_clear_errors(tmp_path, content, message):
+    p = tmp_path / "c.yaml"
+    p.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
+
+
+def test_missing_file_and_missing_data():
+    with pytest.raises(ConfigError, match="no such config"):
+        load_config("/nonexistent/cfg.yaml")
+    with pytest.raises(ConfigError, match="needs 'data'"):
+        from_dict({"train": {}})
