@@ -225,10 +225,33 @@ class CharRNN:
         return logits.transpose(1, 0, 2), h_last
 
     def step(self, ids, h):
-        """One time step for a batch of ids (B,) from state h (L, B, H): returns logits (B, V), new h (L, B, H)."""
-        ids = np.asarray(ids)
-        logits, h_new = self.forward(ids.reshape(-1, 1), h)
-        return logits[:, 0], h_new
+        """One time step for a batch of ids (B,) from state h (L, B, H): returns logits (B, V), new h (L, B, H).
+
+        The lean inference path (no caches, no per-call validation beyond shapes):
+        the sampler calls it once per generated character.
+        """
+        ids = np.asarray(ids).reshape(-1)
+        if h.shape != (self.num_layers, ids.shape[0], self.hidden_size):
+            raise ValueError(f"h must have shape (L, B, H) = {(self.num_layers, ids.shape[0], self.hidden_size)}")
+        p = self.params
+        h_new = np.empty(h.shape, dtype=self.dtype)
+        x = None
+        for i in range(self.num_layers):
+            a = h_new[i]  # (B, H), written in place
+            np.matmul(h[i], p[f"layers.{i}.Whh"], out=a)
+            if i == 0:
+                a += p["layers.0.Wxh"][ids]
+            else:
+                a += x @ p[f"layers.{i}.Wxh"]
+            a += p[f"layers.{i}.bh"]
+            if self.activation == "tanh":
+                np.tanh(a, out=a)
+            else:
+                np.maximum(a, 0, out=a)
+            x = a
+        logits = x @ p["Why"]  # (B, V)
+        logits += p["by"]
+        return logits, h_new
 
     def log_probs(self, x, h0=None):
         """Log-probabilities (B, T, V) of the next character at every position, and the last state."""

@@ -1,0 +1,197 @@
+"""Generate text from a model: prime it, then draw one character at a time.
+
+Generation feeds the prime through the network in one batched pass (its hidden
+state warms up on it), then repeats: one `CharRNN.step` on the last ids, filter
+the logits (temperature, top-k, top-p), draw the next id. Nothing else is re-run.
+
+Seeding: sample k of a batch draws from its own generator,
+``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))``, so a batch
+of K samples equals K separate runs with those generators, and the first sample of
+a batch equals the single sample with the same seed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .data import Vocab
+from .errors import CharRNNError
+from .model import CharRNN
+
+
+class SampleError(CharRNNError):
+    """Bad sampling options or prime text."""
+
+
+def sample_rngs(seed: int | None, k: int) -> list[np.random.Generator]:
+    """The per-sample generators of the seeding scheme (see module doc)."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**63))
+    return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,))) for i in range(k)]
+
+
+def check_options(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, n: int = 0) -> None:
+    if not (temperature > 0 and np.isfinite(temperature)):
+        raise SampleError(f"temperature must be > 0, got {temperature} (use argmax for greedy decoding)")
+    if top_k is not None and top_k < 1:
+        raise SampleError(f"top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise SampleError(f"top-p must lie in (0, 1], got {top_p}")
+    if n < 0:
+        raise SampleError(f"the number of characters must be >= 0, got {n}")
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
+    """Next-character distributions (B, V) from logits (B, V): softmax(logits / T), then filters.
+
+    top_k keeps the k most likely characters; top_p keeps the smallest set of most
+    likely characters whose probability reaches p (the nucleus; the most likely one
+    is always kept). The kept probabilities are renormalised.
+    """
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z -= z.max(axis=-1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=-1, keepdims=True)
+    if top_k is not None and top_k < p.shape[-1]:
+        kth = np.partition(p, -top_k, axis=-1)[..., -top_k, None]
+        p = np.where(p >= kth, p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    if top_p is not None and top_p < 1:
+        order = np.argsort(-p, axis=-1, kind="stable")
+        sorted_p = np.take_along_axis(p, order, axis=-1)
+        before = np.cumsum(sorted_p, axis=-1) - sorted_p  # mass of the more likely characters
+        keep_sorted = before < top_p
+        keep = np.zeros_like(keep_sorted)
+        np.put_along_axis(keep, order, keep_sorted, axis=-1)
+        p = np.where(keep, p, 0.0)
+        p /= p.sum(axis=-1, keepdims=True)
+    return p
+
+
+def draw(p: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
+    """One id per row of p (B, V), row b drawn with rngs[b] by inverting the CDF."""
+    u = np.array([r.random() for r in rngs])  # (B,)
+    cdf = np.cumsum(p, axis=-1)
+    ids = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
+    return np.minimum(ids, p.shape[-1] - 1)
+
+
+def generate(
+    model: CharRNN,
+    vocab: Vocab,
+    n: int,
+    prime: str = "",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    argmax: bool = False,
+    seed: int | None = None,
+    num_samples: int = 1,
+    on_step: Callable[[list[str]], None] | None = None,
+) -> list[str]:
+    """num_samples continuations of n characters each (the prime is not included).
+
+    on_step, if given, receives the K new characters after every step (for streaming).
+    """
+    check_options(temperature, top_k, top_p, n)
+    if vocab.size != model.vocab_size:
+        raise SampleError(f"vocabulary has {vocab.size} characters, the model {model.vocab_size}")
+    K = num_samples
+    rngs = sample_rngs(seed, K)
+    h = model.initial_state(K)
+    if prime:
+        ids = vocab.encode(prime)
+        if ids.size > 1:
+            _, h = model.forward(np.tile(ids[:-1], (K, 1)), h)
+        logits, h = model.step(np.full(K, ids[-1]), h)
+    else:  # no prime: start from the zero state and a uniform first character
+        logits = np.zeros((K, model.vocab_size), dtype=model.dtype)
+    out = np.empty((K, n), dtype=np.int64)
+    chars = vocab.chars
+    for t in range(n):
+        if argmax:
+            nxt = logits.argmax(axis=-1)
+        else:
+            nxt = draw(probabilities(logits, temperature, top_k, top_p), rngs)
+        out[:, t] = nxt
+        if on_step is not None:
+            on_step([chars[i] for i in nxt.tolist()])
+        if t + 1 < n:
+            logits, h = model.step(nxt, h)
+    return [vocab.decode(row) for row in out]
+
+
+def sample_from_checkpoint(
+    path,
+    n: int,
+    prime: str = "",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    argmax: bool = False,
+    seed: int | None = None,
+    num_samples: int = 1,
+    unknown: str = "error",
+    prime_echo: bool = True,
+    on_text: Callable[[str], None] | None = None,
+) -> dict:
+    """Load a checkpoint and generate; returns {"samples": [...], "seed": ..., ...} (the CLI's --json).
+
+    on_text, if given, receives the text as it is produced (single sample): the
+    echoed prime first, then each new character.
+    """
+    from . import checkpoint
+
+    check_options(temperature, top_k, top_p, n)
+    model, vocab, ckpt = checkpoint.load_model(path)
+    missing = vocab.unknown(prime)
+    if missing:
+        if unknown != "skip":
+            raise SampleError(
+                f"the prime holds characters not in the model's vocabulary: {''.join(missing)!r} "
+                f"(use --unknown skip to drop them)"
+            )
+        prime = "".join(c for c in prime if c not in set(missing))
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**63))
+    head = prime if prime_echo else ""
+    on_step = None
+    if on_text is not None:
+        on_text(head)
+        on_step = lambda chars: on_text(chars[0])  # noqa: E731
+    texts = generate(model, vocab, n, prime, temperature, top_k, top_p, argmax, seed, num_samples, on_step)
+    return {
+        "samples": [head + t for t in texts], "checkpoint": ckpt.path, "step": ckpt.step, "seed": seed,
+        "temperature": temperature, "top_k": top_k, "top_p": top_p, "argmax": argmax, "n": n, "prime": prime,
+        "num_samples": num_samples,
+    }  # fmt: skip
+
+
+def sample(
+    model_or_ckpt,
+    n: int,
+    prime: str = "",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    *,
+    vocab: Vocab | None = None,
+    argmax: bool = False,
+) -> str:
+    """n characters continuing prime (the prime itself not included).
+
+    model_or_ckpt is a checkpoint path (file or run folder) or a CharRNN, in which
+    case vocab must be given.
+    """
+    if isinstance(model_or_ckpt, CharRNN):
+        if vocab is None:
+            raise SampleError("sampling a bare model needs its vocabulary: sample(model, n, vocab=...)")
+        model = model_or_ckpt
+    else:
+        from . import checkpoint
+
+        model, vocab, _ = checkpoint.load_model(model_or_ckpt)
+    return generate(model, vocab, n, prime, temperature, top_k, top_p, argmax, seed)[0]

@@ -1,0 +1,327 @@
+"""The training loop: truncated BPTT over parallel streams, evaluation, checkpoints, resume.
+
+Batching. The train split is cut into B = batch_size contiguous streams of
+S = (N - 1) // B characters. Step w of an epoch reads window w of every stream
+(T = seq_length characters, targets shifted by one), so consecutive windows
+continue each stream and the hidden state is carried from one to the next. After
+S // T windows the streams wrap and the state restarts from zero (an epoch).
+
+Evaluation reads the validation split (or its first eval_chars characters) cut
+into B streams the same way, every target exactly once; the ragged last window
+is masked. The loop never prints: it reports through `callback(kind, info)`
+("start", "step", "eval", "sample", "checkpoint", "end") and the CLI renders.
+
+Checkpoints (see checkpoint.py) hold everything the loop needs to continue: with
+the same config, N steps + resume + N steps give the same parameters as 2N steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import checkpoint
+from .config import Config, config_from_json
+from .data import Dataset, load_dataset
+from .errors import CharRNNError
+from .model import DTYPES, CharRNN, init_params
+from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
+from .sample import generate
+
+METRICS_FILE = "metrics.jsonl"
+LN2 = math.log(2)
+
+
+class TrainError(CharRNNError):
+    """Training cannot start or cannot go on."""
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def windows_per_epoch(n: int, batch_size: int, seq_length: int) -> int:
+    """How many (B, T) windows one pass over n ids gives (0 if the split is too short)."""
+    return ((n - 1) // batch_size) // seq_length
+
+
+def train_window(ids: np.ndarray, batch_size: int, seq_length: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Window w of the B streams of ids: inputs x (B, T) and next characters y (B, T)."""
+    S = (len(ids) - 1) // batch_size
+    idx = (np.arange(batch_size) * S)[:, None] + (w * seq_length + np.arange(seq_length))  # (B, T)
+    x = np.asarray(ids[idx], dtype=np.intp)
+    y = np.asarray(ids[idx + 1], dtype=np.intp)
+    return x, y
+
+
+def eval_windows(ids: np.ndarray, batch_size: int, seq_length: int):
+    """Yield (x, y, mask) windows that score every target of ids exactly once.
+
+    The n = len(ids) - 1 targets are cut into B = min(batch_size, n) streams of
+    S = ceil(n / B); positions past a stream's end (the ragged tail) are masked.
+    """
+    n = len(ids) - 1
+    B = min(batch_size, n)
+    S = -(-n // B)
+    starts = (np.arange(B) * S)[:, None]  # (B, 1)
+    for w0 in range(0, S, seq_length):
+        j = w0 + np.arange(min(seq_length, S - w0))  # positions within the streams
+        g = starts + j  # (B, T') global target index
+        mask = g < n
+        g = np.minimum(g, n - 1)
+        x = np.asarray(ids[g], dtype=np.intp)
+        y = np.asarray(ids[g + 1], dtype=np.intp)
+        yield x, y, mask
+
+
+def evaluate(model: CharRNN, ids: np.ndarray, batch_size: int, seq_length: int) -> float:
+    """Mean NLL (nats/char) over every target of ids, the state carried along each stream."""
+    total, count = 0.0, 0.0
+    h = None
+    for x, y, mask in eval_windows(ids, batch_size, seq_length):
+        c = float(mask.sum())
+        if c:
+            loss, h = model.loss(x, y, h, mask)
+            total += loss * c
+        else:
+            _, h = model.forward(x, h)
+        count += c
+    return total / count
+
+
+# --------------------------------------------------------------------------- state
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training, besides the parameters and optimizer state."""
+
+    step: int = 0
+    epoch: int = 0
+    window: int = 0  # next window within the epoch
+    smooth_loss: float | None = None
+    best_val: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    elapsed: float = 0.0  # training seconds over all runs
+    history: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "step": self.step, "position": {"epoch": self.epoch, "window": self.window},
+            "smooth_loss": self.smooth_loss, "best_val": self.best_val, "best_step": self.best_step,
+            "evals_since_best": self.evals_since_best, "elapsed": self.elapsed, "history": self.history,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "TrainState":
+        pos = meta.get("position", {})
+        return cls(
+            step=int(meta["step"]), epoch=int(pos.get("epoch", 0)), window=int(pos.get("window", 0)),
+            smooth_loss=meta.get("smooth_loss"), best_val=meta.get("best_val"), best_step=meta.get("best_step"),
+            evals_since_best=int(meta.get("evals_since_best", 0)), elapsed=float(meta.get("elapsed", 0.0)),
+            history=list(meta.get("history", [])),
+        )  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    status: str  # "done", "early_stop", "time_limit", "interrupted"
+    step: int
+    out_dir: str
+    best_val: float | None
+    last_val: float | None
+    elapsed: float
+    checkpoint: str
+
+
+def _noop(kind: str, info: dict) -> None:
+    pass
+
+
+def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, vocab) -> None:
+    """A resumed checkpoint must have the config's architecture and the data's vocabulary."""
+    old = config_from_json(ckpt.meta["config"]).model
+    diffs = [f"model.{k}: checkpoint {getattr(old, k)!r}, config {getattr(cfg.model, k)!r}"
+             for k in ("hidden_size", "num_layers", "activation", "dtype") if getattr(old, k) != getattr(cfg.model, k)]  # fmt: skip
+    if diffs:
+        raise TrainError(f"cannot resume {ckpt.path}: the architecture differs ({'; '.join(diffs)})")
+    if ckpt.vocab.chars != vocab.chars:
+        raise TrainError(
+            f"cannot resume {ckpt.path}: its vocabulary ({ckpt.vocab.size} characters) differs from "
+            f"the data's ({vocab.size} characters) in {cfg.data}"
+        )
+
+
+def train(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    callback: Callable[[str, dict], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train as cfg says; report through callback; return how and where it ended.
+
+    should_stop() is polled after every step (the CLI sets it on Ctrl-C); when it
+    turns true the loop saves last.npz and returns status "interrupted".
+    """
+    cb = callback or _noop
+    stop = should_stop or (lambda: False)
+    tc, mc = cfg.train, cfg.model
+    ds = dataset or load_dataset(cfg.data)
+    B, T = tc.batch_size, tc.seq_length
+    n_windows = windows_per_epoch(len(ds.train), B, T)
+    if n_windows < 1:
+        raise TrainError(
+            f"the training split ({len(ds.train)} characters) is too short for batch_size {B} x seq_length {T}; "
+            f"lower them or prepare a longer text"
+        )
+    val_ids = ds.val if tc.eval_chars == 0 else ds.val[: tc.eval_chars + 1]
+    if len(ds.val) - 1 < T:
+        raise TrainError(f"seq_length {T} is longer than the validation split ({len(ds.val)} characters)")
+    out = Path(cfg.out_dir)
+    last_path, best_path = out / checkpoint.LAST, out / checkpoint.BEST
+    dtype = DTYPES[mc.dtype]
+
+    if resume:
+        if not last_path.is_file():
+            raise TrainError(f"nothing to resume: {last_path} does not exist")
+        ckpt = checkpoint.load(last_path)
+        check_compatible(cfg, ckpt, ds.vocab)
+        model = ckpt.model()
+        opt_state = ckpt.optim_state
+        expected = set(init_state(tc.optimizer, model.params))
+        if set(opt_state) != expected:
+            raise TrainError(f"cannot resume {last_path}: it was trained with another optimizer than {tc.optimizer!r}")
+        st = TrainState.from_json(ckpt.meta)
+        h = ckpt.h if ckpt.h is not None and ckpt.h.shape[1] == B else None
+        rng = np.random.default_rng(tc.seed)
+        rng.bit_generator.state = ckpt.meta["rng"]
+    else:
+        if last_path.exists() and not force:
+            raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
+        rng = np.random.default_rng(tc.seed)
+        params = init_params(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.activation, rng, dtype)
+        model = CharRNN(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.activation, dtype=dtype, params=params)
+        opt_state = init_state(tc.optimizer, model.params)
+        st = TrainState()
+        h = None
+        if force:
+            for p in (last_path, best_path, out / METRICS_FILE):
+                p.unlink(missing_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"cannot create {out}: {e.strerror}") from None
+
+    def save(path: Path) -> None:
+        meta = {"config": cfg.to_dict(), "vocab": ds.vocab.to_json(), "rng": rng.bit_generator.state, **st.to_json()}
+        checkpoint.save(path, model.params, meta, opt_state, h)
+        cb("checkpoint", {"path": str(path), "step": st.step})
+
+    cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "params": model.num_params,
+                 "out_dir": str(out), "vocab_size": ds.vocab.size, "windows_per_epoch": n_windows})  # fmt: skip
+    status = "done"
+    last_val = st.history[-1]["val_loss"] if st.history else None
+    saved_step = st.step if resume else None
+    run_start = time.perf_counter()
+    base_elapsed = st.elapsed
+    interval_start, interval_chars = time.perf_counter(), 0
+    chars_per_sec = 0.0
+
+    while st.step < tc.max_steps:
+        if stop():
+            status = "interrupted"
+            break
+        if tc.time_limit is not None and st.elapsed >= tc.time_limit:
+            status = "time_limit"
+            break
+        x, y = train_window(ds.train, B, T, st.window)
+        if st.window == 0:
+            h = None  # a new epoch starts every stream from the zero state
+        loss, grads, h_new = model.loss_and_grads(x, y, h)
+        norm = clip_by_global_norm(grads, tc.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise TrainError(
+                f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
+                f"(gradient norm {norm:.3g}); lower train.learning_rate (now {tc.learning_rate:g}) or set "
+                f"train.grad_clip; the last good checkpoint is kept in {out}"
+            )
+        lr = learning_rate(st.step, tc)
+        apply_update(tc.optimizer, model.params, grads, opt_state, lr, st.step + 1, tc)
+        h = h_new
+        st.step += 1
+        st.window += 1
+        if st.window >= n_windows:
+            st.window, st.epoch = 0, st.epoch + 1
+        st.smooth_loss = loss if st.smooth_loss is None else 0.98 * st.smooth_loss + 0.02 * loss
+        st.elapsed = base_elapsed + (time.perf_counter() - run_start)
+        interval_chars += B * T
+        now = time.perf_counter()
+        if now - interval_start > 0:
+            chars_per_sec = interval_chars / (now - interval_start)
+        cb("step", {"step": st.step, "max_steps": tc.max_steps, "loss": loss, "smooth_loss": st.smooth_loss,
+                    "lr": lr, "grad_norm": norm, "chars_per_sec": chars_per_sec, "epoch": st.epoch,
+                    "elapsed_s": st.elapsed})  # fmt: skip
+
+        if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
+            val = evaluate(model, val_ids, B, T)
+            last_val = val
+            record = {
+                "step": st.step, "train_loss": st.smooth_loss, "val_loss": val, "val_bpc": val / LN2,
+                "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3), "lr": lr, "epoch": st.epoch,
+            }  # fmt: skip
+            improved = st.best_val is None or val < st.best_val
+            if improved:
+                st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
+            else:
+                st.evals_since_best += 1
+            record["best_val"] = st.best_val
+            st.history.append(record)
+            try:
+                with open(out / METRICS_FILE, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise TrainError(f"cannot write {out / METRICS_FILE}: {e.strerror}") from None
+            cb("eval", record)
+            save(last_path)
+            if improved:
+                save(best_path)
+            saved_step = st.step
+            if tc.sample_chars:
+                text = generate(model, ds.vocab, tc.sample_chars, temperature=tc.sample_temperature,
+                                seed=tc.seed + st.step)[0]  # fmt: skip
+                cb("sample", {"step": st.step, "text": text})
+            # the evaluation and sample are not training time
+            interval_start, interval_chars = time.perf_counter(), 0
+            run_start, base_elapsed = time.perf_counter(), st.elapsed
+            if tc.patience and st.evals_since_best >= tc.patience:
+                status = "early_stop"
+                break
+
+    if saved_step != st.step or not last_path.exists():
+        save(last_path)
+    result = TrainResult(status, st.step, str(out), st.best_val, last_val, st.elapsed, str(last_path))
+    cb("end", result.__dict__)
+    return result
+
+
+def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None = None) -> dict:
+    """Validation loss of a checkpoint over the whole val split of its data (or of `data`)."""
+    ckpt = checkpoint.load(path)
+    cfg = ckpt.config
+    ds = load_dataset(data or cfg.data)
+    if ds.vocab.chars != ckpt.vocab.chars:
+        raise TrainError(f"the vocabulary of {ds.path} differs from the checkpoint's")
+    model = ckpt.model()
+    B = batch_size or cfg.train.batch_size
+    val = evaluate(model, ds.val, B, cfg.train.seq_length)
+    return {"checkpoint": ckpt.path, "data": ds.path, "step": ckpt.step, "val_loss": val, "val_bpc": val / LN2,
+            "val_chars": int(len(ds.val) - 1)}  # fmt: skip

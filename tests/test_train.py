@@ -1,0 +1,166 @@
+"""The training loop: batching layout, evaluation coverage, checkpoints, resume, guards."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from charrnn import checkpoint
+from charrnn.config import load_config
+from charrnn.train import TrainError, eval_windows, train, train_window, windows_per_epoch
+from conftest import write_config
+
+
+def test_windows_continue_each_stream():
+    ids = np.arange(101)
+    B, T = 4, 5
+    S = 100 // B  # 25 characters per stream
+    assert windows_per_epoch(len(ids), B, T) == 5
+    x0, y0 = train_window(ids, B, T, 0)
+    x1, y1 = train_window(ids, B, T, 1)
+    np.testing.assert_array_equal(x0[:, 0], np.arange(B) * S)  # streams start S apart
+    np.testing.assert_array_equal(x1[:, 0], x0[:, -1] + 1)  # the next window continues each stream
+    np.testing.assert_array_equal(y0, x0 + 1)  # targets are the next characters
+
+
+@pytest.mark.parametrize("n, B, T", [(101, 4, 5), (100, 3, 7), (11, 16, 4), (50, 1, 100)])
+def test_evaluation_scores_every_target_exactly_once(n, B, T):
+    ids = np.arange(n)
+    seen = []
+    for x, y, mask in eval_windows(ids, B, T):
+        np.testing.assert_array_equal(y, np.minimum(x + 1, n - 1))
+        seen.extend(y[mask].tolist())
+    assert sorted(seen) == list(range(1, n))
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_learns_and_writes_checkpoints(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=60, eval_every=20))
+    events = []
+    result = train(cfg, callback=lambda kind, info: events.append(kind))
+    run = tmp_path / "run"
+    assert result.status == "done" and result.step == 60
+    assert (run / "last.npz").is_file() and (run / "best.npz").is_file()
+    recs = records(run)
+    assert [r["step"] for r in recs] == [20, 40, 60]
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"] < np.log(len(json.loads((data_dir / "vocab.json").read_text())["chars"]))
+    assert set(recs[0]) >= {"step", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"}
+    assert events[0] == "start" and events[-1] == "end" and events.count("eval") == 3
+    ck = checkpoint.load(run / "last.npz")
+    assert ck.step == 60 and ck.meta["config"]["train"]["max_steps"] == 60
+    assert set(ck.params) == set(ck.model().params)
+    assert ck.h is not None and ck.h.shape == (1, 4, 16)
+    assert set(ck.optim_state) == {f"{s}.{k}" for s in ("m", "v") for k in ck.params}
+    assert len(ck.meta["history"]) == 3 and ck.meta["rng"]["bit_generator"] == "PCG64"
+
+
+def params_of(path):
+    return checkpoint.load(path).params
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_is_exact(tmp_path, data_dir, schedule):
+    # one run of 2N steps ...
+    a = tmp_path / "a"
+    a.mkdir()
+    cfg_a = load_config(write_config(a, data_dir, max_steps=30, eval_every=7, lr_schedule=schedule))
+    train(cfg_a)
+    # ... equals N steps, stop, resume, N more steps (the interruption lands mid-epoch and between evaluations)
+    b = tmp_path / "b"
+    b.mkdir()
+    cfg_b = load_config(write_config(b, data_dir, max_steps=30, eval_every=7, lr_schedule=schedule))
+    steps = []
+    r1 = train(cfg_b, callback=lambda k, i: steps.append(i["step"]) if k == "step" else None,
+               should_stop=lambda: len(steps) >= 15)  # fmt: skip
+    assert r1.status == "interrupted" and r1.step == 15
+    assert checkpoint.load(b / "run" / "last.npz").step == 15
+    r2 = train(cfg_b, resume=True)
+    assert r2.step == 30
+    pa, pb = params_of(a / "run" / "last.npz"), params_of(b / "run" / "last.npz")
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k])
+    assert [r["val_loss"] for r in records(a / "run")] == [r["val_loss"] for r in records(b / "run")]
+
+
+def test_resume_with_a_longer_max_steps_continues(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=20))
+    train(cfg)
+    cfg.train.max_steps = 40
+    r = train(cfg, resume=True)
+    assert r.step == 40
+
+
+def test_a_new_run_does_not_overwrite_an_old_one(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=5))
+    train(cfg)
+    with pytest.raises(TrainError, match="--resume"):
+        train(cfg)
+    assert train(cfg, force=True).step == 5
+
+
+def test_resume_refuses_a_different_architecture(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=5))
+    with pytest.raises(TrainError, match="nothing to resume"):
+        train(cfg, resume=True)
+    train(cfg)
+    cfg.model.hidden_size = 8
+    with pytest.raises(TrainError, match="hidden_size: checkpoint 16, config 8"):
+        train(cfg, resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=40, eval_every=10))
+    import charrnn.train as train_module
+
+    real = train_module.clip_by_global_norm
+    calls = []
+
+    def poisoned(grads, max_norm):
+        calls.append(1)
+        if len(calls) == 25:
+            grads["Why"][...] = np.nan
+        return real(grads, max_norm)
+
+    monkeypatch.setattr(train_module, "clip_by_global_norm", poisoned)
+    with pytest.raises(TrainError, match=r"at step 25.*learning_rate.*grad_clip"):
+        train(cfg)
+    ck = checkpoint.load(tmp_path / "run" / "last.npz")
+    assert ck.step == 20  # the last evaluation's checkpoint survives, with finite parameters
+
+
+def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, data_dir, monkeypatch):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=20, eval_every=10))
+    train(cfg)
+    last = tmp_path / "run" / "last.npz"
+    before = last.read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", crash)
+    cfg.train.max_steps = 30
+    with pytest.raises(checkpoint.CheckpointError, match="No space left"):
+        train(cfg, resume=True)
+    assert last.read_bytes() == before
+    assert checkpoint.load(last).step == 20
+    assert not [p for p in os.listdir(tmp_path / "run") if p.endswith(".tmp")]  # no temporary file left behind
+
+
+def test_early_stopping_and_time_limit(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=400, eval_every=2, patience=1, learning_rate=1.0))
+    r = train(cfg)
+    assert r.status == "early_stop" and r.step < 400
+    cfg2 = load_config(write_config(tmp_path / "..", data_dir, max_steps=10**6, time_limit=0.5))
+    cfg2.out_dir = str(tmp_path / "t")
+    r2 = train(cfg2)
+    assert r2.status == "time_limit" and r2.step < 10**6
+
+
+def test_too_long_windows_are_refused(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, seq_length=5000))
+    with pytest.raises(TrainError, match="too short"):
+        train(cfg)
