@@ -58,13 +58,27 @@ def _user_errors():
     except CharRNNError as e:
         if _debug():
             raise
-        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(e))}", markup=True, highlight=False)
         raise typer.Exit(1) from None
 
 
 def _positive(value: float) -> float:
     if not value > 0:
         raise typer.BadParameter(f"must be > 0, got {value}")
+    return value
+
+
+def _top_p(value: Optional[float]) -> Optional[float]:
+    if value is not None and not 0 < value <= 1:
+        raise typer.BadParameter(f"must lie in (0, 1], got {value}")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0 < value < 1:
+        raise typer.BadParameter(f"must lie in (0, 1), got {value}")
     return value
 
 
@@ -83,27 +97,265 @@ def main(
     """Train character-level recurrent language models on any text, and sample from them."""
 
 
-def _not_yet(command: str) -> None:
-    err.print(f"error: `charrnn {command}` is not implemented yet", highlight=False)
-    raise typer.Exit(2)
+class ErrorsMode(str, Enum):
+    strict = "strict"
+    replace = "replace"
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def prepare(ctx: typer.Context) -> None:
-    """Encode a text file into a vocabulary and train/validation splits."""
-    _not_yet("prepare")
+CkptOpt = Annotated[str, typer.Option("--ckpt", help="Checkpoint file, or run folder (its best.npz, else last.npz).")]
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def train(ctx: typer.Context) -> None:
-    """Train a model from a YAML config."""
-    _not_yet("train")
+@app.command()
+def prepare(
+    input: Annotated[
+        Optional[str], typer.Argument(help="Text file to prepare, or - for standard input.", show_default=False)
+    ] = None,
+    corpus: Annotated[
+        Optional[str], typer.Option("--corpus", help="A built-in corpus instead of INPUT: shakespeare.")
+    ] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Output folder [default: data/<input stem>].")] = None,
+    val_frac: Annotated[
+        float, typer.Option("--val-frac", callback=_fraction, help="Fraction of the text, at its end, kept for validation.")
+    ] = 0.1,
+    encoding: Annotated[str, typer.Option("--encoding", help="Text encoding of INPUT.")] = "utf-8",
+    errors: Annotated[
+        ErrorsMode, typer.Option("--errors", help="On undecodable bytes: stop (strict) or substitute U+FFFD (replace).")
+    ] = ErrorsMode.strict,
+    as_json: JsonOpt = False,
+) -> None:
+    """Encode a text into a vocabulary and contiguous train/validation splits."""
+    from . import data
+
+    if (input is None) == (corpus is None):
+        raise typer.BadParameter("give exactly one of INPUT (a path or -) and --corpus NAME")
+    with _user_errors():
+        if corpus is not None:
+            text, stem = data.corpus_text(corpus), corpus
+        else:
+            text = data.read_text(input, encoding, errors.value)
+            stem = "stdin" if input == "-" else os.path.splitext(os.path.basename(os.path.normpath(input)))[0]
+        summary = data.prepare(text, out_dir or os.path.join("data", stem), val_frac)
+    if as_json:
+        print(json.dumps(summary.to_dict(), ensure_ascii=False))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"prepared {summary.out_dir}", show_header=False)
+    table.add_row("characters", f"{summary.chars:,}")
+    table.add_row("vocabulary", f"{summary.vocab_size} ({summary.dtype} ids)")
+    table.add_row("train / val", f"{summary.train_size:,} / {summary.val_size:,}")
+    table.add_row("most frequent", "  ".join(f"{c!r} {n:,}" for c, n in summary.top))
+    err.print(table)
 
 
-@app.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def sample(ctx: typer.Context) -> None:
-    """Generate text from a checkpoint."""
-    _not_yet("sample")
+@app.command()
+def train(
+    config: Annotated[str, typer.Argument(help="YAML config file.", show_default=False)],
+    overrides: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from out_dir/last.npz.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start over even if out_dir holds a run.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display, no samples.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per evaluation on stdout.")] = False,
+) -> None:
+    """Train a model as a YAML config says, with a live display and checkpoints."""
+    import signal
+
+    from .config import load_config
+    from .train import train as run_train
+
+    if resume and force:
+        raise typer.BadParameter("--resume and --force exclude each other")
+    with _user_errors():
+        cfg = load_config(config, overrides or [])
+    presses = [0]
+
+    def on_sigint(signum, frame):
+        presses[0] += 1
+        if presses[0] > 1:
+            err.print("still saving the checkpoint, please wait", highlight=False)
+
+    display = _TrainDisplay(quiet=quiet, as_json=as_json)
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        with _user_errors(), display:
+            result = run_train(cfg, resume=resume, force=force, callback=display, should_stop=lambda: presses[0] > 0)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if result.status == "interrupted":
+        err.print(
+            f"interrupted at step {result.step}; saved {result.checkpoint}\n"
+            f"resume with: charrnn train {config} --resume", highlight=False,
+        )
+        raise typer.Exit(130)
+    if not quiet:
+        how = {"done": "finished", "early_stop": "stopped early (patience)", "time_limit": "reached the time limit"}
+        best = f", best val loss {result.best_val:.4f}" if result.best_val is not None else ""
+        err.print(f"{how.get(result.status, result.status)} at step {result.step}{best}; checkpoints in {result.out_dir}",
+                  highlight=False)
+
+
+class _TrainDisplay:
+    """Renders the training loop's callback events: a Rich progress bar and log lines on stderr, JSON on stdout."""
+
+    def __init__(self, quiet: bool, as_json: bool):
+        self.quiet, self.as_json = quiet, as_json
+        self.progress = None
+        self.task = None
+        self.val = "-"
+
+    def __enter__(self):
+        if not self.quiet:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[stats]}"), console=err, transient=False,
+            )  # fmt: skip
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+        return False
+
+    def log(self, message: str) -> None:
+        if self.progress is not None:
+            self.progress.console.print(message, highlight=False, markup=False)
+
+    def __call__(self, kind: str, info: dict) -> None:
+        if kind == "start" and self.progress is not None:
+            self.task = self.progress.add_task("train", total=info["max_steps"], completed=info["step"], stats="")
+            what = "resuming at step" if info["resumed"] else "training from step"
+            self.log(f"{what} {info['step']}: {info['params']:,} parameters, vocabulary {info['vocab_size']}, "
+                     f"{info['windows_per_epoch']} windows per epoch -> {info['out_dir']}")  # fmt: skip
+        elif kind == "step" and self.progress is not None:
+            stats = (f"loss {info['smooth_loss']:.3f} | val {self.val} | {info['chars_per_sec'] / 1000:.1f}k chars/s | "
+                     f"lr {info['lr']:.2e} | |g| {info['grad_norm']:.2f}")  # fmt: skip
+            self.progress.update(self.task, completed=info["step"], stats=stats)
+        elif kind == "eval":
+            self.val = f"{info['val_loss']:.3f} ({info['val_bpc']:.2f} bpc)"
+            if self.as_json:
+                print(json.dumps({k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec",
+                                                        "elapsed_s")}), flush=True)  # fmt: skip
+            self.log(f"step {info['step']}: train {info['train_loss']:.4f}, val {info['val_loss']:.4f} nats/char "
+                     f"({info['val_bpc']:.3f} bits), {info['chars_per_sec'] / 1000:.1f}k chars/s, "
+                     f"{info['elapsed_s']:.0f}s")  # fmt: skip
+        elif kind == "sample":
+            self.log("-" * 40 + "\n" + info["text"] + "\n" + "-" * 40)
+
+
+@app.command(name="eval")
+def eval_(
+    ckpt: CkptOpt,
+    data: Annotated[Optional[str], typer.Option("--data", help="Prepared data folder [default: the checkpoint's].")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validation loss and bits/char of a checkpoint over the whole validation split."""
+    from .train import eval_checkpoint
+
+    with _user_errors():
+        r = eval_checkpoint(ckpt, data)
+    if as_json:
+        print(json.dumps(r))
+    else:
+        print(f"val loss {r['val_loss']:.4f} nats/char, {r['val_bpc']:.4f} bits/char "
+              f"({r['val_chars']:,} characters, step {r['step']}, {r['checkpoint']})")  # fmt: skip
+
+
+class Unknown(str, Enum):
+    error = "error"
+    skip = "skip"
+
+
+@app.command()
+def sample(
+    ckpt: CkptOpt,
+    n: Annotated[int, typer.Option("-n", "--chars", min=0, help="Characters to generate per sample.")] = 1000,
+    temperature: Annotated[
+        float, typer.Option("--temperature", "-t", callback=_positive, help="Softmax temperature (> 0).")
+    ] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Keep only the K most likely characters.")] = None,
+    top_p: Annotated[
+        Optional[float], typer.Option("--top-p", callback=_top_p, help="Keep the smallest set of likeliest characters with mass P.")
+    ] = None,
+    prime: Annotated[Optional[str], typer.Option("--prime", help="Text to warm the state up on; - reads stdin.")] = None,
+    prime_file: Annotated[Optional[str], typer.Option("--prime-file", help="Read the prime text from a file.")] = None,
+    prime_echo: Annotated[bool, typer.Option("--prime-echo/--no-prime-echo", help="Print the prime before the text.")] = True,
+    unknown: Annotated[
+        Unknown, typer.Option("--unknown", help="Prime characters outside the vocabulary: error or skip them.")
+    ] = Unknown.error,
+    argmax: Annotated[bool, typer.Option("--argmax", help="Always take the most likely character (greedy).")] = False,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed; the same seed gives the same text.")] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, in one batch.")] = 1,
+    separator: Annotated[str, typer.Option("--separator", help="Line printed between samples.")] = "---",
+    stream: Annotated[
+        Optional[bool], typer.Option("--stream/--no-stream", help="Print as generated [default: when stdout is a terminal].")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate text from a checkpoint; the text alone goes to stdout."""
+    from .sample import sample_from_checkpoint
+
+    if prime is not None and prime_file is not None:
+        raise typer.BadParameter("give --prime or --prime-file, not both")
+    with _user_errors():
+        from .data import decode_bytes, read_text
+
+        if prime == "-":
+            prime = decode_bytes(sys.stdin.buffer.read(), source="standard input")
+        elif prime_file is not None:
+            prime = read_text(prime_file)
+        if seed is None:
+            import secrets
+
+            seed = secrets.randbits(63)
+        streaming = (sys.stdout.isatty() if stream is None else stream) and num_samples == 1 and not as_json
+        writer = _StdoutWriter()
+        try:
+            result = sample_from_checkpoint(
+                ckpt, n, prime=prime or "", temperature=temperature, top_k=top_k, top_p=top_p, argmax=argmax,
+                seed=seed, num_samples=num_samples, unknown=unknown.value, prime_echo=prime_echo,
+                on_text=writer.write if streaming else None,
+            )
+            if as_json:
+                writer.write(json.dumps(result, ensure_ascii=False) + "\n")
+            elif streaming:
+                writer.write("\n")
+            else:
+                writer.write(f"\n{separator}\n".join(result["samples"]) + "\n")
+            writer.flush()
+        except BrokenPipeError:
+            writer.closed_pipe()
+
+
+class _StdoutWriter:
+    """UTF-8 text to stdout, flushed per write; a reader that closes the pipe ends us quietly."""
+
+    def __init__(self):
+        self.buffer = getattr(sys.stdout, "buffer", None)
+
+    def write(self, text: str) -> None:
+        if self.buffer is not None:
+            self.buffer.write(text.encode("utf-8"))
+            self.buffer.flush()
+        else:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+
+    def flush(self) -> None:
+        (self.buffer or sys.stdout).flush()
+
+    @staticmethod
+    def closed_pipe() -> None:
+        # the reader is gone (e.g. `| head`): silence the final flush at exit and end with status 0
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 @app.command()
