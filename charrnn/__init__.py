@@ -4,6 +4,6 @@ __version__ = "0.1.0"
 
 from .layers import one_hot
 from .model import CharRNN
-from .sample import sample
+from .sampling import sample
 
 __all__ = ["CharRNN", "one_hot", "sample", "__version__"]

@@ -297,7 +297,7 @@ def sample(
     as_json: JsonOpt = False,
 ) -> None:
     """Generate text from a checkpoint; the text alone goes to stdout."""
-    from .sample import sample_from_checkpoint
+    from .sampling import sample_from_checkpoint
 
     if prime is not None and prime_file is not None:
         raise typer.BadParameter("give --prime or --prime-file, not both")

@@ -32,7 +32,7 @@ from .data import Dataset, load_dataset
 from .errors import CharRNNError
 from .model import DTYPES, CharRNN, init_params
 from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
-from .sample import generate
+from .sampling import generate
 
 METRICS_FILE = "metrics.jsonl"
 LN2 = math.log(2)

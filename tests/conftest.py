@@ -33,10 +33,11 @@ def data_dir(tmp_path, small_text):
 
 def write_config(tmp_path, data_dir, **train):
     """A tiny config file; train keys override the defaults below."""
+    hidden = train.pop("hidden_size", 16) or 16
     t = dict(batch_size=4, seq_length=16, max_steps=40, eval_every=20, learning_rate=0.01, warmup_steps=5,
              sample_chars=0, lr_schedule="constant")  # fmt: skip
     t.update(train)
-    lines = [f"data: {data_dir}", f"out_dir: {tmp_path / 'run'}", "model:", "  hidden_size: 16", "train:"]
+    lines = [f"data: {data_dir}", f"out_dir: {tmp_path / 'run'}", "model:", f"  hidden_size: {hidden}", "train:"]
     lines += [f"  {k}: {v}" for k, v in t.items()]
     path = tmp_path / "cfg.yaml"
     path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,148 @@
+"""Sampling: filters, determinism, batching, prime handling, the CLI's stdout discipline."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import charrnn
+from charrnn import CharRNN, checkpoint
+from charrnn.cli import app
+from charrnn.config import load_config
+from charrnn.data import Vocab
+from charrnn.sampling import SampleError, generate, probabilities, sample_rngs
+from charrnn.train import train
+from conftest import write_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny model trained to memorise one repeated line."""
+    tmp = tmp_path_factory.mktemp("mem")
+    from charrnn.data import prepare
+
+    prepare("the quick brown fox jumps over the lazy dog. " * 60, tmp / "data")
+    cfg = load_config(write_config(tmp, tmp / "data", hidden_size=None, max_steps=300, eval_every=100,
+                                   learning_rate=0.02, batch_size=8, seq_length=32))  # fmt: skip
+    train(cfg)
+    return tmp / "run"
+
+
+def test_temperature_matches_the_softmax_formula():
+    logits = np.array([[2.0, 1.0, 0.0, -1.0]])
+    for T in (0.5, 1.0, 2.0):
+        expected = np.exp(logits / T) / np.exp(logits / T).sum()
+        np.testing.assert_allclose(probabilities(logits, T), expected, rtol=1e-12)
+
+
+def test_top_k_and_top_p_keep_the_likeliest_characters():
+    logits = np.log(np.array([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    np.testing.assert_allclose(probabilities(logits, top_k=2), [[0.5 / 0.7, 0.2 / 0.7, 0, 0, 0]])
+    np.testing.assert_allclose(probabilities(logits, top_p=0.6), [[0.5 / 0.7, 0.2 / 0.7, 0, 0, 0]])
+    np.testing.assert_allclose(probabilities(logits, top_p=0.45), [[1, 0, 0, 0, 0]])
+    np.testing.assert_allclose(probabilities(logits, top_p=1.0), np.exp(logits))
+
+
+def small_model():
+    vocab = Vocab(tuple("abcdefgh"))
+    return CharRNN(8, 16, 2, seed=4), vocab
+
+
+def test_same_seed_same_text_other_seed_other_text():
+    m, v = small_model()
+    a = generate(m, v, 200, seed=1)[0]
+    assert a == generate(m, v, 200, seed=1)[0]
+    assert a != generate(m, v, 200, seed=2)[0]
+
+
+def test_argmax_is_the_greedy_choice_step_by_step_and_top_k_1_equals_it():
+    m, v = small_model()
+    text = generate(m, v, 30, prime="abc", argmax=True)[0]
+    ids = v.encode("abc")
+    _, h = m.forward(ids[None, :-1])
+    logits, h = m.step(ids[-1:], h)
+    greedy = []
+    for _ in range(30):
+        nxt = int(logits[0].argmax())
+        greedy.append(v.chars[nxt])
+        logits, h = m.step(np.array([nxt]), h)
+    assert text == "".join(greedy)
+    assert generate(m, v, 30, prime="abc", top_k=1, seed=9)[0] == text
+
+
+def test_batched_samples_equal_single_samples_with_the_same_generators():
+    m, v = small_model()
+    batch = generate(m, v, 100, prime="ab", seed=5, num_samples=3, temperature=0.9, top_p=0.95)
+    assert len(set(batch)) == 3
+    assert batch[0] == generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=0.95)[0]
+    # sample k draws from SeedSequence(seed, spawn_key=(k,)): replay each alone with that generator
+    import charrnn.sampling as sample_module
+
+    for k in range(3):
+        rng = sample_rngs(5, 3)[k]
+        orig = sample_module.sample_rngs
+        sample_module.sample_rngs = lambda seed, n: [rng]
+        try:
+            single = generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=0.95)[0]
+        finally:
+            sample_module.sample_rngs = orig
+        assert single == batch[k]
+
+
+def test_bad_options_are_refused():
+    m, v = small_model()
+    for kwargs in (dict(temperature=0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0)):
+        with pytest.raises(SampleError):
+            generate(m, v, 5, **kwargs)
+    with pytest.raises(SampleError):
+        generate(m, v, -1)
+
+
+def test_a_trained_checkpoint_reproduces_its_memorised_text(run_dir):
+    text = charrnn.sample(run_dir, 40, prime="the quick brown fox ", argmax=True)
+    assert text == "jumps over the lazy dog. the quick brown"
+
+
+def test_cli_stdout_holds_only_the_sample(run_dir):
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "100", "--seed", "7", "--prime", "the "])
+    assert r.exit_code == 0 and r.stderr == ""
+    assert r.stdout.startswith("the ") and len(r.stdout) == 4 + 100 + 1
+    again = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "100", "--seed", "7", "--prime", "the "])
+    assert again.stdout == r.stdout
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir / "last.npz"), "-n", "10", "--seed", "7",
+                            "--prime", "the ", "--no-prime-echo"])  # fmt: skip
+    assert len(r.stdout) == 11
+
+
+def test_cli_num_samples_json_and_separator(run_dir):
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "20", "--seed", "1", "-k", "3", "--json"])
+    assert r.exit_code == 0
+    d = json.loads(r.stdout)
+    assert len(d["samples"]) == 3 and all(len(s) == 20 for s in d["samples"]) and d["seed"] == 1
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "20", "--seed", "1", "-k", "2", "--separator", "=="])
+    assert r.stdout.split("\n==\n")[0] == d["samples"][0]
+
+
+def test_cli_unknown_prime_characters(run_dir):
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--prime", "THE fox"])
+    assert r.exit_code == 1 and "'EHT'" in r.stderr and r.stdout == ""
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--prime", "THE fox", "--unknown", "skip"])
+    assert r.exit_code == 0 and r.stdout.startswith(" fox")
+
+
+def test_cli_bad_options_are_usage_errors(run_dir):
+    for args in (["--temperature", "0"], ["--top-p", "1.5"], ["-n", "-1"], ["--top-k", "0"]):
+        r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), *args])
+        assert r.exit_code == 2, args
+
+
+def test_checkpoint_holds_everything_needed_to_sample(run_dir, tmp_path):
+    # copy the checkpoint away from its data folder: sampling needs nothing else
+    dst = tmp_path / "alone.npz"
+    dst.write_bytes((run_dir / "best.npz").read_bytes())
+    model, vocab, _ = checkpoint.load_model(dst)
+    assert vocab.size == model.vocab_size
+    assert charrnn.sample(dst, 10, seed=1) == charrnn.sample(model, 10, seed=1, vocab=vocab)
