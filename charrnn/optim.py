@@ -80,15 +80,19 @@ def apply_update(
     lr: float,
     t: int,
     cfg,
+    lr_scale: dict[str, float] | None = None,
 ) -> None:
     """One in-place update of params. t is the 1-based update count (Adam's bias correction).
 
-    cfg carries the hyperparameters (momentum, beta1, beta2, rms_decay, eps, weight_decay).
-    grads are used as scratch space and left modified.
+    cfg carries the hyperparameters (momentum, beta1, beta2, rms_decay, eps, weight_decay);
+    lr_scale optionally multiplies the rate of named parameters. grads are used as
+    scratch space and left modified.
     """
     wd = cfg.weight_decay
+    base_lr = lr
     for name, p in params.items():
         g = grads[name]
+        lr = base_lr * lr_scale.get(name, 1.0) if lr_scale else base_lr
         dt = p.dtype.type
         if wd and p.ndim > 1:
             p *= dt(1 - lr * wd)

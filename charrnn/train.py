@@ -4,7 +4,10 @@ Batching. The train split is cut into B = batch_size contiguous streams of
 S = (N - 1) // B characters. Step w of an epoch reads window w of every stream
 (T = seq_length characters, targets shifted by one), so consecutive windows
 continue each stream and the hidden state is carried from one to the next. After
-S // T windows the streams wrap and the state restarts from zero (an epoch).
+S // T windows the streams wrap and the state restarts from zero (an epoch). With
+train.random_offset, every epoch after the first shifts all streams by a random
+offset in [0, S) (reading the text as a circle), so the window boundaries and the
+stretches each stream starts cold differ from epoch to epoch.
 
 Evaluation reads the validation split (or its first eval_chars characters) cut
 into B streams the same way, every target exactly once; the ragged last window
@@ -50,10 +53,17 @@ def windows_per_epoch(n: int, batch_size: int, seq_length: int) -> int:
     return ((n - 1) // batch_size) // seq_length
 
 
-def train_window(ids: np.ndarray, batch_size: int, seq_length: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Window w of the B streams of ids: inputs x (B, T) and next characters y (B, T)."""
+def train_window(
+    ids: np.ndarray, batch_size: int, seq_length: int, w: int, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Window w of the B streams of ids: inputs x (B, T) and next characters y (B, T).
+
+    Stream b starts at b * S + offset, S = (N - 1) // B; positions wrap around the
+    end of the text (read as a circle of N - 1 inputs), so any offset is valid.
+    """
     S = (len(ids) - 1) // batch_size
-    idx = (np.arange(batch_size) * S)[:, None] + (w * seq_length + np.arange(seq_length))  # (B, T)
+    idx = (np.arange(batch_size) * S + offset)[:, None] + (w * seq_length + np.arange(seq_length))  # (B, T)
+    idx %= len(ids) - 1
     x = np.asarray(ids[idx], dtype=np.intp)
     y = np.asarray(ids[idx + 1], dtype=np.intp)
     return x, y
@@ -104,6 +114,7 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     window: int = 0  # next window within the epoch
+    offset: int = 0  # where the streams start in this epoch (see train_window)
     smooth_loss: float | None = None
     best_val: float | None = None
     best_step: int | None = None
@@ -113,7 +124,7 @@ class TrainState:
 
     def to_json(self) -> dict:
         return {
-            "step": self.step, "position": {"epoch": self.epoch, "window": self.window},
+            "step": self.step, "position": {"epoch": self.epoch, "window": self.window, "offset": self.offset},
             "smooth_loss": self.smooth_loss, "best_val": self.best_val, "best_step": self.best_step,
             "evals_since_best": self.evals_since_best, "elapsed": self.elapsed, "history": self.history,
         }  # fmt: skip
@@ -123,6 +134,7 @@ class TrainState:
         pos = meta.get("position", {})
         return cls(
             step=int(meta["step"]), epoch=int(pos.get("epoch", 0)), window=int(pos.get("window", 0)),
+            offset=int(pos.get("offset", 0)),
             smooth_loss=meta.get("smooth_loss"), best_val=meta.get("best_val"), best_step=meta.get("best_step"),
             evals_since_best=int(meta.get("evals_since_best", 0)), elapsed=float(meta.get("elapsed", 0.0)),
             history=list(meta.get("history", [])),
@@ -226,6 +238,7 @@ def train(
         checkpoint.save(path, model.params, meta, opt_state, h)
         cb("checkpoint", {"path": str(path), "step": st.step})
 
+    lr_scale = {"layers.0.Wxh": tc.input_lr_scale} if tc.input_lr_scale != 1.0 else None
     cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "params": model.num_params,
                  "out_dir": str(out), "vocab_size": ds.vocab.size, "windows_per_epoch": n_windows})  # fmt: skip
     status = "done"
@@ -243,7 +256,7 @@ def train(
         if tc.time_limit is not None and st.elapsed >= tc.time_limit:
             status = "time_limit"
             break
-        x, y = train_window(ds.train, B, T, st.window)
+        x, y = train_window(ds.train, B, T, st.window, st.offset)
         if st.window == 0:
             h = None  # a new epoch starts every stream from the zero state
         loss, grads, h_new = model.loss_and_grads(x, y, h)
@@ -255,12 +268,14 @@ def train(
                 f"train.grad_clip; the last good checkpoint is kept in {out}"
             )
         lr = learning_rate(st.step, tc)
-        apply_update(tc.optimizer, model.params, grads, opt_state, lr, st.step + 1, tc)
+        apply_update(tc.optimizer, model.params, grads, opt_state, lr, st.step + 1, tc, lr_scale)
         h = h_new
         st.step += 1
         st.window += 1
         if st.window >= n_windows:
             st.window, st.epoch = 0, st.epoch + 1
+            if tc.random_offset:
+                st.offset = int(rng.integers(0, (len(ds.train) - 1) // B))
         st.smooth_loss = loss if st.smooth_loss is None else 0.98 * st.smooth_loss + 0.02 * loss
         st.elapsed = base_elapsed + (time.perf_counter() - run_start)
         interval_chars += B * T

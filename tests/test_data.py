@@ -112,3 +112,8 @@ def test_markdown_play_becomes_plain_play_text():
         "RODERIGO:\nTush! never tell me; I take it much unkindly\nThat thou, Iago.\n\n"
         "IAGO:\n'Sblood, but you will not hear me:\nI--God bless the mark!\n"
     )
+
+
+def test_markdown_stage_direction_variants_are_dropped():
+    md = "**QUICKLY**  \n[Aside to SIMPLE]_  \nI am glad  \n*[Reads.]*  \nhe is so quiet\n\n**A**  \n__\\[Awaking]_  \n"
+    assert markdown_play_to_text(md) == "QUICKLY:\nI am glad\nhe is so quiet\n"

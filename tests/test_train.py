@@ -24,6 +24,13 @@ def test_windows_continue_each_stream():
     np.testing.assert_array_equal(y0, x0 + 1)  # targets are the next characters
 
 
+def test_an_offset_shifts_every_stream_and_wraps_around_the_text():
+    ids = np.arange(101)  # 100 inputs, read as a circle
+    x, y = train_window(ids, 4, 5, 4, offset=10)  # window 4 of streams starting at 10, 35, 60, 85
+    np.testing.assert_array_equal(x[:, 0], [30, 55, 80, 5])  # the last stream wrapped past the end
+    np.testing.assert_array_equal(y, x + 1)
+
+
 @pytest.mark.parametrize("n, B, T", [(101, 4, 5), (100, 3, 7), (11, 16, 4), (50, 1, 100)])
 def test_evaluation_scores_every_target_exactly_once(n, B, T):
     ids = np.arange(n)
@@ -56,23 +63,32 @@ def test_training_learns_and_writes_checkpoints(tmp_path, data_dir):
     assert ck.h is not None and ck.h.shape == (1, 4, 16)
     assert set(ck.optim_state) == {f"{s}.{k}" for s in ("m", "v") for k in ck.params}
     assert len(ck.meta["history"]) == 3 and ck.meta["rng"]["bit_generator"] == "PCG64"
+    assert ck.meta["position"] == {"epoch": 0, "window": 60, "offset": 0}
+    # past the first epoch the streams start at a random offset
+    cfg.train.max_steps = 70
+    train(cfg, resume=True)
+    pos = checkpoint.load(run / "last.npz").meta["position"]
+    assert pos["epoch"] == 1 and pos["window"] == 70 - 62 and 0 < pos["offset"] < 998  # 62 windows of 16 per epoch
 
 
 def params_of(path):
     return checkpoint.load(path).params
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_is_exact(tmp_path, data_dir, schedule):
+@pytest.mark.parametrize(
+    "schedule, batch, seq", [("constant", 4, 16), ("cosine", 4, 16), ("cosine", 8, 64)]  # the last wraps 5 epochs
+)
+def test_resume_is_exact(tmp_path, data_dir, schedule, batch, seq):
+    kw = dict(max_steps=30, eval_every=7, lr_schedule=schedule, batch_size=batch, seq_length=seq)
     # one run of 2N steps ...
     a = tmp_path / "a"
     a.mkdir()
-    cfg_a = load_config(write_config(a, data_dir, max_steps=30, eval_every=7, lr_schedule=schedule))
+    cfg_a = load_config(write_config(a, data_dir, **kw))
     train(cfg_a)
     # ... equals N steps, stop, resume, N more steps (the interruption lands mid-epoch and between evaluations)
     b = tmp_path / "b"
     b.mkdir()
-    cfg_b = load_config(write_config(b, data_dir, max_steps=30, eval_every=7, lr_schedule=schedule))
+    cfg_b = load_config(write_config(b, data_dir, **kw))
     steps = []
     r1 = train(cfg_b, callback=lambda k, i: steps.append(i["step"]) if k == "step" else None,
                should_stop=lambda: len(steps) >= 15)  # fmt: skip
