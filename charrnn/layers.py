@@ -65,13 +65,24 @@ def onehot_affine_backward(dout: np.ndarray, cache: OneHotAffineCache):
     """Gradients of `onehot_affine_forward` with respect to (W, b).
 
     dout: (..., H). The ids carry no gradient. dW is a scatter-add of the rows of
-    dout into the rows their ids selected: each row of W receives the sum of dout
-    over every position where its character was the input.
+    dout into the rows their ids selected: row v of dW is the sum of dout over every
+    position whose input was character v. It is computed by sorting the positions
+    by id and summing each contiguous run of equal ids (one gather, then one
+    vectorised column sum per distinct character), several times faster than
+    np.add.at's element-wise scatter, and never a product with a one-hot matrix.
     """
     H = dout.shape[-1]
     d2 = dout.reshape(-1, H)  # (N, H)
+    ids = cache.ids.reshape(-1)  # (N,)
     dW = np.zeros(cache.W_shape, dtype=dout.dtype)
-    np.add.at(dW, cache.ids.reshape(-1), d2)
+    if ids.size:
+        order = np.argsort(ids, kind="stable")
+        sorted_ids = ids[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+        ends = np.append(starts[1:], ids.size)
+        rows = d2[order]  # (N, H) grouped by character
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            rows[start:end].sum(axis=0, out=dW[sorted_ids[start]])
     db = d2.sum(axis=0)
     return dW, db
 
@@ -157,17 +168,19 @@ def rnn_backward(dhs: np.ndarray, cache: RNNCache):
     """
     hs, h0, Whh, activation = cache
     T = hs.shape[0]
+    # f'(a_t) for all steps at once, from the outputs: one vectorised pass instead of T small ones
+    if activation == "tanh":
+        fprime = hs * hs  # (T, B, H)
+        np.subtract(1, fprime, out=fprime)
+    else:
+        fprime = hs > 0
     da = dhs  # in place: dhs_t is consumed before da_t is written over it
     carry = np.zeros_like(h0)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
     WhhT = Whh.T
     for t in range(T - 1, -1, -1):
         dt = da[t]
         dt += carry
-        ht = hs[t]
-        if activation == "tanh":
-            dt *= 1 - ht * ht
-        else:
-            dt *= ht > 0
+        dt *= fprime[t]
         np.matmul(dt, WhhT, out=carry)
     dh0 = carry
     H = Whh.shape[0]
