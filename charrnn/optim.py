@@ -12,7 +12,8 @@ update rules (g the gradient, after clipping; lr the scheduled rate; t = 1, 2, .
               m^ = m / (1 - b1^t), v^ = v / (1 - b2^t)       (Kingma & Ba 2015)
 
 Weight decay is decoupled (Loshchilov & Hutter 2019): p -= lr * weight_decay * p,
-applied to weight matrices only, never to biases. Updates are in place, in the
+applied to weight matrices only, never to biases, at the scheduled rate (a
+per-parameter lr_scale speeds up the update, not the decay). Updates are in place, in the
 parameters' dtype.
 """
 
@@ -92,10 +93,10 @@ def apply_update(
     base_lr = lr
     for name, p in params.items():
         g = grads[name]
-        lr = base_lr * lr_scale.get(name, 1.0) if lr_scale else base_lr
         dt = p.dtype.type
         if wd and p.ndim > 1:
-            p *= dt(1 - lr * wd)
+            p *= dt(1 - base_lr * wd)  # at the scheduled rate, whatever lr_scale says
+        lr = base_lr * lr_scale.get(name, 1.0) if lr_scale else base_lr
         if optimizer == "sgd":
             g *= dt(lr)
             p -= g

@@ -79,3 +79,12 @@ def test_schedules():
     k = TrainConfig(learning_rate=0.3, warmup_steps=0, lr_schedule="constant")
     assert learning_rate(12345, k) == 0.3
     assert math.isclose(learning_rate(5, TrainConfig(learning_rate=1.0, warmup_steps=0, max_steps=10)), 0.55)
+
+
+def test_lr_scale_speeds_up_the_update_but_not_the_decay():
+    cfg = TrainConfig(weight_decay=0.1)
+    p = {"E": np.ones((2, 2)), "W": np.ones((2, 2))}
+    g = {"E": np.full((2, 2), 0.1), "W": np.full((2, 2), 0.1)}
+    apply_update("sgd", p, g, {}, 0.5, 1, cfg, lr_scale={"E": 10.0})
+    np.testing.assert_allclose(p["W"], 0.95 - 0.05)  # decay 0.5 * 0.1, then step 0.5 * 0.1
+    np.testing.assert_allclose(p["E"], 0.95 - 0.5)  # same decay, ten times the step
