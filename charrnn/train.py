@@ -104,6 +104,24 @@ def evaluate(model: CharRNN, ids: np.ndarray, batch_size: int, seq_length: int) 
     return total / count
 
 
+# --------------------------------------------------------------------------- one update
+
+
+def train_step(model: CharRNN, opt_state: dict, x, y, h, step: int, tc, lr_scale=None):
+    """One update on the window (x, y) from state h: returns (loss, grad norm, lr, new state).
+
+    The new state is None, and the parameters are left untouched, when the loss
+    or the gradient norm is not finite. The benchmark times exactly this function.
+    """
+    loss, grads, h_new = model.loss_and_grads(x, y, h)
+    norm = clip_by_global_norm(grads, tc.grad_clip)
+    lr = learning_rate(step, tc)
+    if not (math.isfinite(loss) and math.isfinite(norm)):
+        return loss, norm, lr, None
+    apply_update(tc.optimizer, model.params, grads, opt_state, lr, step + 1, tc, lr_scale)
+    return loss, norm, lr, h_new
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -259,16 +277,13 @@ def train(
         x, y = train_window(ds.train, B, T, st.window, st.offset)
         if st.window == 0:
             h = None  # a new epoch starts every stream from the zero state
-        loss, grads, h_new = model.loss_and_grads(x, y, h)
-        norm = clip_by_global_norm(grads, tc.grad_clip)
-        if not (math.isfinite(loss) and math.isfinite(norm)):
+        loss, norm, lr, h_new = train_step(model, opt_state, x, y, h, st.step, tc, lr_scale)
+        if h_new is None:
             raise TrainError(
                 f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
                 f"(gradient norm {norm:.3g}); lower train.learning_rate (now {tc.learning_rate:g}) or set "
                 f"train.grad_clip; the last good checkpoint is kept in {out}"
             )
-        lr = learning_rate(st.step, tc)
-        apply_update(tc.optimizer, model.params, grads, opt_state, lr, st.step + 1, tc, lr_scale)
         h = h_new
         st.step += 1
         st.window += 1

@@ -1,0 +1,68 @@
+"""The PyTorch reference: the same model, batch layout and update as charrnn, for side-by-side timing.
+
+Model: one-hot input -> nn.RNN(V, H, L, nonlinearity="tanh", batch_first=True) ->
+nn.Linear(H, V); loss: cross-entropy (mean over B*T positions); update: Adam
+(lr 2e-3, PyTorch defaults otherwise) after clipping the global gradient norm to 5;
+batches: the same (B, T) windows of B parallel streams (charrnn.train.train_window),
+the hidden state carried across windows and detached (truncated BPTT). Sampling:
+one character at a time from softmax(logits / temperature) with torch.multinomial.
+Only the benchmark imports this file; torch is never a runtime dependency.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class TorchCharRNN(nn.Module):
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int):
+        super().__init__()
+        self.V = vocab_size
+        self.rnn = nn.RNN(vocab_size, hidden_size, num_layers, nonlinearity="tanh", batch_first=True)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor | None):
+        inp = nn.functional.one_hot(x, self.V).float()  # (B, T, V)
+        out, h = self.rnn(inp, h)  # (B, T, H)
+        return self.fc(out), h  # (B, T, V)
+
+
+class TorchTrainer:
+    """Adam + global-norm clipping over carried-state windows, like charrnn's train_step."""
+
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, lr: float = 2e-3, clip: float = 5.0):
+        torch.manual_seed(0)
+        self.model = TorchCharRNN(vocab_size, hidden_size, num_layers)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
+        self.clip = clip
+        self.h = None
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+        xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+        logits, h = self.model(xt, self.h)
+        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.opt.step()
+        self.h = h.detach()
+        return float(loss)
+
+
+@torch.no_grad()
+def torch_sample_speed(vocab_size: int, hidden_size: int, n: int, temperature: float = 1.0) -> float:
+    """Characters per second generating n characters one at a time (batch of one)."""
+    torch.manual_seed(0)
+    model = TorchCharRNN(vocab_size, hidden_size, 1).eval()
+    x = torch.zeros((1, 1), dtype=torch.long)
+    h = None
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits, h = model(x, h)
+        p = torch.softmax(logits[0, -1] / temperature, dim=-1)
+        x = torch.multinomial(p, 1).view(1, 1)
+    return n / (time.perf_counter() - t0)
