@@ -170,7 +170,7 @@ def main() -> None:
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(args.threads)
-    use_torch = not args.no_torch
+    use_torch = not args.no_torch and args.child != "ours"  # our child process must not load torch
     if use_torch:
         import torch
 

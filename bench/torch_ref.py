@@ -50,7 +50,7 @@ class TorchTrainer:
         nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
         self.h = h.detach()
-        return float(loss)
+        return loss.item()
 
 
 @torch.no_grad()

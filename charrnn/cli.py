@@ -93,8 +93,13 @@ def main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the Python traceback of an error (also CHARRNN_DEBUG=1).")
+    ] = False,
 ) -> None:
     """Train character-level recurrent language models on any text, and sample from them."""
+    if debug:
+        os.environ["CHARRNN_DEBUG"] = "1"
 
 
 class ErrorsMode(str, Enum):

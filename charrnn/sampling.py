@@ -101,12 +101,14 @@ def generate(
     K = num_samples
     rngs = sample_rngs(seed, K)
     h = model.initial_state(K)
+    if not prime and "\n" in vocab.chars:
+        prime = "\n"  # no prime: start as after a line break, the most common place for text to begin
     if prime:
         ids = vocab.encode(prime)
         if ids.size > 1:
             _, h = model.forward(np.tile(ids[:-1], (K, 1)), h)
         logits, h = model.step(np.full(K, ids[-1]), h)
-    else:  # no prime: start from the zero state and a uniform first character
+    else:  # nothing to start from: the zero state and a uniform first character
         logits = np.zeros((K, model.vocab_size), dtype=model.dtype)
     out = np.empty((K, n), dtype=np.int64)
     chars = vocab.chars

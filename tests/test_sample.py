@@ -146,3 +146,14 @@ def test_checkpoint_holds_everything_needed_to_sample(run_dir, tmp_path):
     model, vocab, _ = checkpoint.load_model(dst)
     assert vocab.size == model.vocab_size
     assert charrnn.sample(dst, 10, seed=1) == charrnn.sample(model, 10, seed=1, vocab=vocab)
+
+
+def test_a_closed_pipe_ends_quietly(run_dir):
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m charrnn sample --ckpt {run_dir} -n 200000 --seed 1 --stream | head -c 100"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert len(r.stdout) == 100
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr == ""
