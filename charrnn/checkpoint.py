@@ -120,66 +120,134 @@ def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
     return param_shapes(len(meta["vocab"]["chars"]), m["hidden_size"], m["num_layers"])
 
 
+MAX_META_CHARS = 16 << 20  # the JSON record; a real one is a few kB plus the history
+
+
+class _Archive:
+    """An .npz read as a zip of .npy members, each header checked before its data is read.
+
+    Only uncompressed members (what np.savez writes) are accepted, and a member's
+    declared shape and dtype must account for exactly its stored size, so a crafted
+    file cannot make the loader allocate more than the file holds. Object dtypes
+    (pickles) are refused before any byte of them is read.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.zf = zipfile.ZipFile(path)
+        self.members = {}
+        for info in self.zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise CheckpointError(f"{path} is not a charrnn checkpoint (unexpected member {info.filename!r})")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise CheckpointError(f"{path} is not a charrnn checkpoint (compressed member {info.filename!r})")
+            self.members[info.filename[:-4]] = info
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.members
+
+    def keys(self):
+        return list(self.members)
+
+    def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
+        info = self.members[key]
+        with self.zf.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise CheckpointError(f"{self.path}: {key} has an unknown .npy version {version}")
+            header_len = f.tell()
+        if dtype.hasobject:
+            raise CheckpointError(f"{self.path}: {key} holds pickled Python objects, which are never loaded")
+        if fortran:
+            raise CheckpointError(f"{self.path}: {key} is not in C order")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if header_len + nbytes != info.file_size:
+            raise CheckpointError(f"{self.path}: {key} declares {nbytes} bytes but stores {info.file_size - header_len}")
+        return tuple(shape), dtype
+
+    def read(self, key: str, shape=None, dtype=None) -> np.ndarray:
+        """The array `key`, after checking its header against shape/dtype (each None = any)."""
+        if key not in self.members:
+            raise CheckpointError(f"{self.path} lacks {key}")
+        got_shape, got_dtype = self.header(key)
+        if (shape is not None and got_shape != tuple(shape)) or (dtype is not None and got_dtype != dtype):
+            want = f"{tuple(shape) if shape is not None else 'any shape'} {dtype if dtype is not None else ''}".strip()
+            raise CheckpointError(f"{self.path}: {key} has shape {got_shape} {got_dtype}, expected {want}")
+        with self.zf.open(self.members[key]) as f:
+            return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_meta(z: _Archive) -> dict:
+    p = z.path
+    if "meta" not in z:
+        raise CheckpointError(f"{p} is not a charrnn checkpoint (no meta record)")
+    shape, dtype = z.header("meta")
+    if dtype.kind != "U" or shape != () or dtype.itemsize // 4 > MAX_META_CHARS:
+        raise CheckpointError(f"{p} is not a charrnn checkpoint (bad meta record)")
+    meta = json.loads(str(z.read("meta")))
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not a charrnn checkpoint")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{p} has an invalid format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p} has checkpoint format version {version}, newer than this charrnn reads ({FORMAT_VERSION}); "
+            f"upgrade charrnn"
+        )
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{p}: invalid step {step!r}")
+    rng = meta.get("rng")
+    if rng is not None:
+        np.random.PCG64().state = rng  # raises on anything but a valid PCG64 state
+    return meta
+
+
 def load(path: str | os.PathLike) -> Checkpoint:
-    """Read and validate a checkpoint file or run folder."""
+    """Read and validate a checkpoint file or run folder; any defect is a CheckpointError."""
     p = resolve(path)
     try:
-        with np.load(p, allow_pickle=False) as z:
-            if "meta" not in z.files:
-                raise CheckpointError(f"{p} is not a charrnn checkpoint (no meta record)")
-            meta_arr = z["meta"]
-            if meta_arr.dtype.kind != "U" or meta_arr.shape != ():
-                raise CheckpointError(f"{p} is not a charrnn checkpoint (bad meta record)")
-            meta = json.loads(str(meta_arr))
-            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-                raise CheckpointError(f"{p} is not a charrnn checkpoint")
-            version = meta.get("format_version")
-            if not isinstance(version, int) or version < 1:
-                raise CheckpointError(f"{p} has an invalid format version {version!r}")
-            if version > FORMAT_VERSION:
-                raise CheckpointError(
-                    f"{p} has checkpoint format version {version}, newer than this charrnn reads "
-                    f"({FORMAT_VERSION}); upgrade charrnn"
-                )
+        with open(p, "rb") as fh:
+            z = _Archive(p) if zipfile.is_zipfile(fh) else None
+        if z is None:
+            raise CheckpointError(f"{p} is not a charrnn checkpoint (not an .npz archive)")
+        with z.zf:
+            meta = _read_meta(z)
             config = config_from_json(meta["config"])
             vocab = Vocab.from_json(meta["vocab"])
             shapes = _expected_shapes(meta)
+            if vocab.size != shapes["by"][0]:
+                raise CheckpointError(f"{p}: vocabulary and parameters disagree")
             dtype = np.dtype(DTYPES[config.model.dtype])
-            params = {}
-            for name, shape in shapes.items():
-                if name not in z.files:
-                    raise CheckpointError(f"{p} lacks parameter {name}")
-                params[name] = _read(z, name, p, shape, dtype)
-            optim_state = {}
-            for key in z.files:
+            params = {name: _finite(z.read(name, shape, dtype), name, p) for name, shape in shapes.items()}
+            optim_state, h = {}, None
+            for key in z.keys():
                 if key.startswith("optim."):
                     slot_name = key[len("optim.") :]
-                    _, _, pname = slot_name.partition(".")
+                    pname = slot_name.partition(".")[2]
                     if pname not in shapes:
                         raise CheckpointError(f"{p}: optimizer state {key} names no parameter")
-                    optim_state[slot_name] = _read(z, key, p, shapes[pname], dtype)
-            h = None
-            if "state.h" in z.files:
-                L, H = config.model.num_layers, config.model.hidden_size
-                h = z["state.h"]
-                if h.ndim != 3 or h.shape[0] != L or h.shape[2] != H or h.dtype != dtype:
-                    raise CheckpointError(f"{p}: carried state has shape {h.shape} {h.dtype}, expected ({L}, B, {H})")
+                    optim_state[slot_name] = _finite(z.read(key, shapes[pname], dtype), key, p)
+                elif key == "state.h":
+                    m = config.model
+                    h = _finite(z.read(key, (m.num_layers, config.train.batch_size, m.hidden_size), dtype), key, p)
+                elif key != "meta" and key not in shapes:
+                    raise CheckpointError(f"{p}: unexpected array {key}")
     except CheckpointError:
         raise
     except (ConfigError, DataError) as e:
         raise CheckpointError(f"{p} holds an invalid config or vocabulary: {e}") from None
-    except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        reason = "it holds pickled objects, which are never loaded" if "pickle" in str(e) else str(e) or type(e).__name__
-        raise CheckpointError(f"cannot read checkpoint {p}: {reason}") from None
-    if vocab.size != shapes["by"][0]:
-        raise CheckpointError(f"{p}: vocabulary and parameters disagree")
+    except Exception as e:  # noqa: BLE001 -- any failure to parse an untrusted file means the file is bad
+        raise CheckpointError(f"cannot read checkpoint {p}: {str(e) or type(e).__name__}") from None
     return Checkpoint(str(p), params, optim_state, h, meta)
 
 
-def _read(z, key: str, p: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    arr = z[key]
-    if arr.shape != shape or arr.dtype != dtype:
-        raise CheckpointError(f"{p}: {key} has shape {arr.shape} {arr.dtype}, expected {shape} {dtype}")
+def _finite(arr: np.ndarray, key: str, p: Path) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise CheckpointError(f"{p}: {key} holds NaN or infinite values")
     return arr

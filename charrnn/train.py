@@ -230,10 +230,13 @@ def train(
         expected = set(init_state(tc.optimizer, model.params))
         if set(opt_state) != expected:
             raise TrainError(f"cannot resume {last_path}: it was trained with another optimizer than {tc.optimizer!r}")
-        st = TrainState.from_json(ckpt.meta)
+        try:
+            st = TrainState.from_json(ckpt.meta)
+            rng = np.random.default_rng(tc.seed)
+            rng.bit_generator.state = ckpt.meta["rng"]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise TrainError(f"cannot resume {last_path}: its training state is damaged ({e})") from None
         h = ckpt.h if ckpt.h is not None and ckpt.h.shape[1] == B else None
-        rng = np.random.default_rng(tc.seed)
-        rng.bit_generator.state = ckpt.meta["rng"]
     else:
         if last_path.exists() and not force:
             raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
