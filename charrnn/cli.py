@@ -17,11 +17,42 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from . import __version__
 from .errors import CharRNNError
 
+# click's exception classes, found through a public one (typer may vendor click or depend on it)
+_UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineErrors(TyperGroup):
+    """Typer's group, except that a usage error is one line on stderr (exit 2), not a framed panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _UsageError as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # bare `charrnn`: the help text itself
+                e.show()
+            else:
+                where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+                print(f"error: {e.format_message()}{where}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except _ClickException as e:
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            print("aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="charrnn",
     help="Train character-level recurrent language models on any text, and sample from them.",
     no_args_is_help=True,
@@ -187,7 +218,8 @@ def train(
         with _user_errors(), display:
             result = run_train(cfg, resume=resume, force=force, callback=display, should_stop=lambda: presses[0] > 0)
     finally:
-        signal.signal(signal.SIGINT, old)
+        # after a Ctrl-C, further presses must not kill us while we report and exit 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN if presses[0] else old)
     if result.status == "interrupted":
         err.print(
             f"interrupted at step {result.step}; saved {result.checkpoint}\n"

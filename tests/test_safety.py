@@ -1,0 +1,322 @@
+"""Bad input, faults and untrusted files: clear errors, nothing lost, nothing executed."""
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from charrnn import checkpoint
+from charrnn.checkpoint import CheckpointError
+from charrnn.cli import app
+from charrnn.config import ConfigError, load_config
+from charrnn.data import build_vocab
+from charrnn.train import train
+from conftest import write_config
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def ckpt_file(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ck")
+    from charrnn.data import prepare
+
+    prepare("to be or not to be, that is the question. " * 40, tmp / "data")
+    cfg = load_config(write_config(tmp, tmp / "data", max_steps=10, eval_every=5, hidden_size=8))
+    train(cfg)
+    return tmp / "run" / "last.npz"
+
+
+def one_line_error(r, code=1):
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return r.stderr
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def test_prepare_bad_inputs(tmp_path):
+    assert "no such file" in one_line_error(runner.invoke(app, ["prepare", str(tmp_path / "nope.txt")]))
+    assert "directory" in one_line_error(runner.invoke(app, ["prepare", str(tmp_path)]))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert "0 characters" in one_line_error(runner.invoke(app, ["prepare", str(empty)]))
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert "offset 128" in one_line_error(runner.invoke(app, ["prepare", str(binary)]))
+    good = tmp_path / "good.txt"
+    good.write_text("some text to prepare " * 10)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert "cannot write" in one_line_error(runner.invoke(app, ["prepare", str(good), "--out", str(blocker / "sub")]))
+    one_line_error(runner.invoke(app, ["prepare", str(good), "--val-frac", "0"]), code=2)
+
+
+# ----------------------------------------------------------------------------- train
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]\n", "must hold a mapping"),
+        ("data: d\ntrain: {batch_sise: 4}\n", "did you mean 'train.batch_size'"),
+        ("data: d\nmodel: {hidden_size: '64'}\n", "model.hidden_size must be an integer"),
+        ("data: d\ntrain: {learning_rate: -1}\n", "train.learning_rate must be > 0"),
+        ("data: d\nmodel: {num_layers: 0}\n", "model.num_layers must be > 0"),
+        ("data: d\n  bad indent: [\n", "not valid YAML at line"),
+    ],
+)  # fmt: skip
+def test_train_config_errors(tmp_path, content, message):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(content)
+    assert message in one_line_error(runner.invoke(app, ["train", str(cfg)]))
+
+
+def test_train_data_and_resume_errors(tmp_path, data_dir):
+    cfg = write_config(tmp_path, tmp_path / "not-prepared", max_steps=5)
+    assert "run `charrnn prepare` first" in one_line_error(runner.invoke(app, ["train", str(cfg)]))
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "vocab.json").write_text("{not json")
+    for name in ("train.npy", "val.npy"):
+        (tmp_path / "junk" / name).write_bytes(b"garbage")
+    cfg = write_config(tmp_path, tmp_path / "junk", max_steps=5)
+    assert "damaged" in one_line_error(runner.invoke(app, ["train", str(cfg)]))
+    cfg = write_config(tmp_path, data_dir, max_steps=5, seq_length=2000)
+    assert "seq_length" in one_line_error(runner.invoke(app, ["train", str(cfg)]))
+    cfg = write_config(tmp_path, data_dir, max_steps=5)
+    assert "nothing to resume" in one_line_error(runner.invoke(app, ["train", str(cfg), "--resume"]))
+    assert runner.invoke(app, ["train", str(cfg), "-q"]).exit_code == 0
+    msg = one_line_error(runner.invoke(app, ["train", str(cfg), "--resume", "--set", "model.num_layers=2"]))
+    assert "model.num_layers: checkpoint 1, config 2" in msg
+    other = tmp_path / "other"
+    from charrnn.data import prepare
+
+    prepare("completely different characters: XYZ 123 " * 30, other)
+    msg = one_line_error(runner.invoke(app, ["train", str(cfg), "--resume", "--set", f"data={other}"]))
+    assert "vocabulary" in msg
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class Boom:
+    """A pickle payload: unpickling it would create the marker file."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickled_object_arrays_are_refused_and_never_run(tmp_path, ckpt_file):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.npz"
+    with np.load(ckpt_file, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["layers.0.Whh"] = np.array([Boom(str(marker))], dtype=object)
+    np.savez(evil, **arrays)
+    with pytest.raises(CheckpointError, match="pickled"):
+        checkpoint.load(evil)
+    msg = one_line_error(runner.invoke(app, ["sample", "--ckpt", str(evil), "-n", "5"]))
+    assert "pickled" in msg
+    assert not marker.exists()
+
+
+def test_a_giant_declared_array_is_refused_before_allocation(tmp_path, ckpt_file):
+    # a member whose header claims 10^12 floats but stores 40 bytes
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    buf.write(b"\0" * 40)
+    crafted = tmp_path / "giant.npz"
+    with zipfile.ZipFile(ckpt_file) as src, zipfile.ZipFile(crafted, "w") as dst:
+        for info in src.infolist():
+            data = buf.getvalue() if info.filename == "layers.0.Whh.npy" else src.read(info)
+            dst.writestr(info.filename, data)
+    with pytest.raises(CheckpointError, match="declares"):
+        checkpoint.load(crafted)
+
+
+def rewrite_meta(src, dst, change):
+    with np.load(src, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays["meta"]))
+    change(meta, arrays)
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(dst, **arrays)
+
+
+def test_newer_foreign_and_inconsistent_checkpoints(tmp_path, ckpt_file):
+    newer = tmp_path / "newer.npz"
+    rewrite_meta(ckpt_file, newer, lambda m, a: m.update(format_version=99))
+    assert "upgrade charrnn" in one_line_error(runner.invoke(app, ["eval", "--ckpt", str(newer)]))
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, weights=np.zeros(3))
+    assert "not a charrnn checkpoint" in one_line_error(runner.invoke(app, ["sample", "--ckpt", str(foreign)]))
+    bigger = tmp_path / "bigger.npz"
+    rewrite_meta(ckpt_file, bigger, lambda m, a: m["config"]["model"].update(hidden_size=4096))
+    with pytest.raises(CheckpointError, match=r"expected \(.*4096"):
+        checkpoint.load(bigger)
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    assert "not a charrnn checkpoint" in one_line_error(runner.invoke(app, ["sample", "--ckpt", str(text)]))
+    missing = tmp_path / "missing.npz"
+    assert "no such checkpoint" in one_line_error(runner.invoke(app, ["sample", "--ckpt", str(missing)]))
+
+
+def test_truncated_checkpoints_are_clear_errors(tmp_path, ckpt_file):
+    raw = ckpt_file.read_bytes()
+    for cut in (0, 10, len(raw) // 3, len(raw) // 2, len(raw) - 1):
+        bad = tmp_path / f"cut{cut}.npz"
+        bad.write_bytes(raw[:cut])
+        with pytest.raises(CheckpointError):
+            checkpoint.load(bad)
+    bad = tmp_path / "cut.npz"
+    bad.write_bytes(raw[: len(raw) // 2])
+    one_line_error(runner.invoke(app, ["sample", "--ckpt", str(bad)]))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    r = runner.invoke(app, ["--debug", "sample", "--ckpt", str(tmp_path / "nope.npz")])
+    assert r.exit_code != 0 and isinstance(r.exception, CheckpointError)
+    os.environ.pop("CHARRNN_DEBUG", None)
+
+
+# ----------------------------------------------------------------------------- fuzzing
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_vocab_round_trips_any_unicode(text):
+    if not text:
+        return
+    vocab, ids = build_vocab(text)
+    assert vocab.decode(ids) == text
+    assert np.array_equal(vocab.encode(text), ids)
+    assert list(vocab.chars) == sorted(set(text))
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=20,
+)
+config_like = st.fixed_dictionaries(
+    {},
+    optional={
+        "data": yaml_values, "out_dir": yaml_values,
+        "model": st.dictionaries(st.sampled_from(["hidden_size", "num_layers", "activation", "dtype", "hiden"]), yaml_values),
+        "train": st.dictionaries(st.sampled_from(["batch_size", "learning_rate", "time_limit", "optimizer", "eval_chars",
+                                                  "random_offset", "max_steps", "weight_decay"]), yaml_values),
+    },
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.one_of(yaml_values, config_like), raw=st.text(max_size=60))
+def test_config_loader_raises_only_config_errors(tmp_path, doc, raw):
+    import yaml
+
+    p = tmp_path / "fuzz.yaml"
+    for content in (yaml.safe_dump(doc, allow_unicode=True), raw):
+        p.write_text(content, encoding="utf-8")
+        try:
+            load_config(p)
+        except ConfigError:
+            pass
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=2000))
+def test_checkpoint_loader_raises_only_its_error_on_arbitrary_bytes(tmp_path, blob):
+    p = tmp_path / "fuzz.npz"
+    p.write_bytes(blob)
+    with pytest.raises(CheckpointError):
+        checkpoint.load(p)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_checkpoint_loader_on_damaged_real_checkpoints(tmp_path, ckpt_file, data):
+    raw = bytearray(ckpt_file.read_bytes())
+    if data.draw(st.booleans(), label="truncate"):
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1), label="cut")]
+    else:
+        for _ in range(data.draw(st.integers(1, 8), label="flips")):
+            i = data.draw(st.integers(0, len(raw) - 1), label="byte")
+            raw[i] ^= 1 << data.draw(st.integers(0, 7), label="bit")
+    p = tmp_path / "damaged.npz"
+    p.write_bytes(bytes(raw))
+    try:
+        ck = checkpoint.load(p)
+    except CheckpointError:
+        return
+    assert set(ck.params) == set(ck.model().params)  # a flip in the data area can leave a valid checkpoint
+
+
+# ----------------------------------------------------------------------------- nothing lost (real processes)
+
+
+def long_run_config(tmp_path, data_dir):
+    return write_config(tmp_path, data_dir, max_steps=100000, eval_every=3, hidden_size=24, eval_chars=200)
+
+
+def start(cfg, *extra):
+    return subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(cfg), "-q", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def wait_for(path, timeout=60):
+    t0 = time.time()
+    while not path.exists():
+        assert time.time() - t0 < timeout, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, data_dir):
+    cfg = long_run_config(tmp_path, data_dir)
+    last = tmp_path / "run" / "last.npz"
+    rnd = random.Random(0)
+    steps = []
+    for i in range(6):
+        proc = start(cfg, "--resume" if last.exists() else "--force")
+        if i == 0:
+            wait_for(last)
+        time.sleep(rnd.uniform(0.3, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        steps.append(checkpoint.load(last).step)  # loadable after every kill
+        leftovers = [p for p in os.listdir(last.parent) if p.endswith(".tmp")]
+        for p in leftovers:  # an interrupted write leaves at most a temporary file, never a damaged last.npz
+            os.unlink(last.parent / p)
+    assert steps == sorted(steps) and steps[-1] > steps[0]
+
+
+def test_ctrl_c_saves_and_exits_130(tmp_path, data_dir):
+    cfg = long_run_config(tmp_path, data_dir)
+    last = tmp_path / "run" / "last.npz"
+    proc = start(cfg)
+    wait_for(last)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # a second Ctrl-C while it saves
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "resume with: charrnn train" in err and "Traceback" not in err
+    ck = checkpoint.load(last)
+    assert ck.step > 0
+    assert str(ck.step) in err
