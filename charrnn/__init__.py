@@ -1,9 +1,25 @@
-"""charrnn: character-level recurrent language models on a NumPy core."""
+"""charrnn: character-level recurrent language models on a NumPy core.
+
+The public names are imported on first use (PEP 562), so that `charrnn --help`
+starts without loading numpy.
+"""
 
 __version__ = "0.1.0"
 
-from .layers import one_hot
-from .model import CharRNN
-from .sampling import sample
-
 __all__ = ["CharRNN", "one_hot", "sample", "__version__"]
+
+_LAZY = {"CharRNN": "model", "one_hot": "layers", "sample": "sampling"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'charrnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

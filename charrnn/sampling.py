@@ -1,8 +1,12 @@
 """Generate text from a model: prime it, then draw one character at a time.
 
 Generation feeds the prime through the network in one batched pass (its hidden
-state warms up on it), then repeats: one `CharRNN.step` on the last ids, filter
-the logits (temperature, top-k, top-p), draw the next id. Nothing else is re-run.
+state warms up on it), then repeats: one `CharRNN.step` on the last ids, then a
+draw of the next id. Without top-k/top-p filters the draw is Gumbel-max,
+argmax(logits / T + G) with G standard Gumbel noise, an exact sample of
+softmax(logits / T) in three array operations; with filters the kept
+probabilities are renormalised and drawn by inverting their CDF. Nothing else is
+re-run.
 
 Seeding: sample k of a batch draws from its own generator,
 ``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))``, so a batch
@@ -16,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import checkpoint
 from .data import Vocab
 from .errors import CharRNNError
 from .model import CharRNN
@@ -112,11 +117,18 @@ def generate(
         logits = np.zeros((K, model.vocab_size), dtype=model.dtype)
     out = np.empty((K, n), dtype=np.int64)
     chars = vocab.chars
+    filtered = top_k is not None or (top_p is not None and top_p < 1)
+    inv_t = 1.0 / temperature
+    V = model.vocab_size
     for t in range(n):
         if argmax:
             nxt = logits.argmax(axis=-1)
-        else:
+        elif filtered:
             nxt = draw(probabilities(logits, temperature, top_k, top_p), rngs)
+        else:  # Gumbel-max: argmax(z + G), G iid standard Gumbel, is a draw from softmax(z), in three calls
+            gumbel = np.stack([r.gumbel(size=V) for r in rngs])  # (K, V) float64
+            gumbel += logits * inv_t
+            nxt = gumbel.argmax(axis=-1)
         out[:, t] = nxt
         if on_step is not None:
             on_step([chars[i] for i in nxt.tolist()])
@@ -144,8 +156,6 @@ def sample_from_checkpoint(
     on_text, if given, receives the text as it is produced (single sample): the
     echoed prime first, then each new character.
     """
-    from . import checkpoint
-
     check_options(temperature, top_k, top_p, n)
     model, vocab, ckpt = checkpoint.load_model(path)
     missing = vocab.unknown(prime)
@@ -193,7 +203,5 @@ def sample(
             raise SampleError("sampling a bare model needs its vocabulary: sample(model, n, vocab=...)")
         model = model_or_ckpt
     else:
-        from . import checkpoint
-
         model, vocab, _ = checkpoint.load_model(model_or_ckpt)
     return generate(model, vocab, n, prime, temperature, top_k, top_p, argmax, seed)[0]

@@ -70,3 +70,12 @@ def test_gradcheck_bad_option_is_a_usage_error():
     assert r.stdout == ""
     r = runner.invoke(app, ["gradcheck", "--activation", "sigmoid"])
     assert r.exit_code == 2
+
+
+def test_help_starts_without_loading_numpy_or_yaml():
+    import subprocess
+    import sys
+
+    code = "import sys, charrnn.cli; print(sorted(m for m in ('numpy', 'yaml') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -157,3 +157,23 @@ def test_a_closed_pipe_ends_quietly(run_dir):
     assert len(r.stdout) == 100
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr and r.stderr == ""
+
+
+def test_unfiltered_draws_follow_the_softmax():
+    # Gumbel-max must sample softmax(logits / T): compare frequencies over many draws
+    import charrnn.sampling as sampling
+
+    class Fixed:
+        vocab_size, dtype = 4, np.float32
+        logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))
+
+        def initial_state(self, k):
+            return np.zeros((1, k, 1), np.float32)
+
+        def step(self, ids, h):
+            return np.repeat(self.logits, len(ids), axis=0), h
+
+    text = sampling.generate(Fixed(), Vocab(tuple("abcd")), 40000, prime="a", temperature=2.0, seed=0)[0]
+    freq = np.array([text.count(c) for c in "abcd"]) / len(text)
+    expected = probabilities(Fixed.logits, 2.0)[0]
+    np.testing.assert_allclose(freq, expected, atol=0.01)
