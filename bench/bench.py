@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -137,7 +136,11 @@ def run_child(args) -> None:
         V, args.hidden, 1, args.batch, args.seq)  # fmt: skip
     for _ in range(args.steps):
         trainer.step(*windows.next())
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    # VmHWM, the peak RSS of this process's own memory map; ru_maxrss would also count the parent's
+    # memory at spawn, which Linux carries across exec
+    with open("/proc/self/status") as f:
+        hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    print(hwm_kib / 1024)
 
 
 def load(path: str):
