@@ -95,8 +95,8 @@ def _user_errors():
         raise typer.Exit(1) from None
 
 
-def _positive(value: float) -> float:
-    if not value > 0:
+def _positive(value: Optional[float]) -> Optional[float]:
+    if value is not None and not value > 0:
         raise typer.BadParameter(f"must be > 0, got {value}")
     return value
 
@@ -405,7 +405,10 @@ def gradcheck(
     seq: Annotated[int, typer.Option("--seq", min=1, help="Sequence length T.")] = 6,
     seed: SeedOpt = 0,
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Largest relative error that passes.")] = 1e-6,
-    eps: Annotated[float, typer.Option("--eps", callback=_positive, help="Centered-difference step.")] = 1e-5,
+    eps: Annotated[
+        Optional[float],
+        typer.Option("--eps", callback=_positive, help="Difference step [default: 1e-3 for tanh, 1e-5 for relu]."),
+    ] = None,
     max_checks: Annotated[
         int, typer.Option("--max-checks", min=0, help="Entries compared per array, drawn at random; 0 = all.")
     ] = 0,
@@ -430,7 +433,7 @@ def gradcheck(
         s = result.settings
         table = Table(
             title=f"gradcheck: {s['activation']}, {s['layers']} layer(s), V={s['vocab']} H={s['hidden']} "
-            f"B={s['batch']} T={s['seq']}, float64, eps={eps:g}",
+            f"B={s['batch']} T={s['seq']}, float64, eps={result.eps:g}",
         )
         table.add_column("parameter")
         table.add_column("shape")
