@@ -80,7 +80,7 @@ def onehot_affine_backward(dout: np.ndarray, cache: OneHotAffineCache):
         starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
         ends = np.append(starts[1:], ids.size)
         rows = d2[order]  # (N, H) grouped by character
-        for start, end in zip(starts.tolist(), ends.tolist()):
+        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
             rows[start:end].sum(axis=0, out=dW[sorted_ids[start]])
     db = dW.sum(axis=0)  # every position adds its row to exactly one row of dW
     return dW, db

@@ -111,7 +111,7 @@ def init_params(
 class ModelCache(NamedTuple):
     """What `CharRNN.forward_loss` keeps for `CharRNN.backward`."""
 
-    proj: list  # per layer: OneHotAffineCache (layer 0) or AffineCache (layers above)
+    proj: list[OneHotAffineCache | AffineCache]  # per layer: the one-hot lookup (layer 0), dense above
     rnn: list[RNNCache]  # per layer
     out: AffineCache  # the output projection
     dlogits: np.ndarray  # (T*B, V) gradient of the mean loss with respect to the logits

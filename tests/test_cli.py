@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 from typer.testing import CliRunner
 
 import charrnn

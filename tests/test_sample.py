@@ -73,23 +73,19 @@ def test_argmax_is_the_greedy_choice_step_by_step_and_top_k_1_equals_it():
     assert generate(m, v, 30, prime="abc", top_k=1, seed=9)[0] == text
 
 
-def test_batched_samples_equal_single_samples_with_the_same_generators():
-    m, v = small_model()
-    batch = generate(m, v, 100, prime="ab", seed=5, num_samples=3, temperature=0.9, top_p=0.95)
-    assert len(set(batch)) == 3
-    assert batch[0] == generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=0.95)[0]
-    # sample k draws from SeedSequence(seed, spawn_key=(k,)): replay each alone with that generator
+@pytest.mark.parametrize("top_p", [None, 0.95])  # the Gumbel-max draw and the filtered CDF draw
+def test_batched_samples_equal_single_samples_with_the_same_generators(monkeypatch, top_p):
     import charrnn.sampling as sample_module
 
+    m, v = small_model()
+    batch = generate(m, v, 100, prime="ab", seed=5, num_samples=3, temperature=0.9, top_p=top_p)
+    assert len(set(batch)) == 3
+    assert batch[0] == generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0]
+    # sample k draws from SeedSequence(seed, spawn_key=(k,)): replay each alone with that generator
     for k in range(3):
         rng = sample_rngs(5, 3)[k]
-        orig = sample_module.sample_rngs
-        sample_module.sample_rngs = lambda seed, n: [rng]
-        try:
-            single = generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=0.95)[0]
-        finally:
-            sample_module.sample_rngs = orig
-        assert single == batch[k]
+        monkeypatch.setattr(sample_module, "sample_rngs", lambda seed, n, r=rng: [r])
+        assert generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0] == batch[k]
 
 
 def test_bad_options_are_refused():
