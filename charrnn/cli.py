@@ -243,15 +243,17 @@ class _TrainDisplay:
         self.val = "-"
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.progress = Progress(
-                TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"), console=err, transient=False,
-            )  # fmt: skip
-            self.progress.__enter__()
         return self
+
+    def _start_progress(self):
+        """The live display starts with training, so an error before it stays a single line."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"), console=err, transient=False,
+        )  # fmt: skip
+        self.progress.__enter__()
 
     def __exit__(self, *exc):
         if self.progress is not None:
@@ -263,7 +265,8 @@ class _TrainDisplay:
             self.progress.console.print(message, highlight=False, markup=False)
 
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "start" and self.progress is not None:
+        if kind == "start" and not self.quiet:
+            self._start_progress()
             self.task = self.progress.add_task("train", total=info["max_steps"], completed=info["step"], stats="")
             what = "resuming at step" if info["resumed"] else "training from step"
             self.log(f"{what} {info['step']}: {info['params']:,} parameters, vocabulary {info['vocab_size']}, "

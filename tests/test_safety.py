@@ -41,7 +41,7 @@ def ckpt_file(tmp_path_factory):
 def one_line_error(r, code=1):
     assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.endswith("\n"), repr(r.stderr)  # one line, no blank ones
     return r.stderr
 
 
@@ -320,3 +320,10 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, data_dir):
     ck = checkpoint.load(last)
     assert ck.step > 0
     assert str(ck.step) in err
+
+
+def test_a_train_error_in_a_real_process_is_exactly_one_line(tmp_path):
+    cfg = write_config(tmp_path, tmp_path / "not-prepared", max_steps=5)
+    r = subprocess.run([sys.executable, "-m", "charrnn", "train", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), repr(r.stderr)
