@@ -1,0 +1,88 @@
+"""Where the time of one training step goes: each phase of charrnn's step timed separately.
+
+    python bench/profile_step.py [--hidden 512] [--batch 64] [--seq 100] [--vocab 65] [--steps 20]
+
+Phases, in the order the step runs them: the embedding gather, the forward
+recurrence, the output layer, the fused softmax cross-entropy, the output
+layer's backward, BPTT (its loop and dWhh), the embedding scatter-add, global
+norm clipping and Adam. One layer, float32, the BLAS thread count as set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from charrnn import CharRNN  # noqa: E402
+from charrnn.config import TrainConfig  # noqa: E402
+from charrnn.layers import (  # noqa: E402
+    affine_backward,
+    affine_forward,
+    onehot_affine_backward,
+    onehot_affine_forward,
+    rnn_backward,
+    rnn_forward,
+    softmax_cross_entropy,
+)
+from charrnn.optim import apply_update, clip_by_global_norm, init_state  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seq", type=int, default=100)
+    ap.add_argument("--vocab", type=int, default=65)
+    ap.add_argument("--steps", type=int, default=20)
+    a = ap.parse_args()
+    H, B, T, V = a.hidden, a.batch, a.seq, a.vocab
+    model = CharRNN(V, H, 1)
+    p = model.params
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
+    tc, state = TrainConfig(), init_state("adam", p)
+    totals: dict[str, float] = {}
+    h0 = np.zeros((B, H), np.float32)
+    for it in range(a.steps + 3):
+        marks = [("start", time.perf_counter())]
+
+        def mark(name: str) -> None:
+            marks.append((name, time.perf_counter()))
+
+        a0, pc = onehot_affine_forward(np.ascontiguousarray(x.T), p["layers.0.Wxh"], p["layers.0.bh"])
+        mark("embedding gather")
+        hs, rc = rnn_forward(a0, h0, p["layers.0.Whh"])
+        mark("forward recurrence")
+        logits, oc = affine_forward(hs, p["Why"], p["by"])
+        mark("output layer")
+        _, dl = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1))
+        mark("softmax cross-entropy")
+        dhs, dWhy, dby = affine_backward(dl.reshape(T, B, V), oc)
+        mark("output layer backward")
+        da, _, dWhh = rnn_backward(dhs, rc)
+        mark("BPTT loop + dWhh")
+        dWxh, dbh = onehot_affine_backward(da, pc)
+        mark("embedding scatter-add")
+        grads = {"layers.0.Wxh": dWxh, "layers.0.Whh": dWhh, "layers.0.bh": dbh, "Why": dWhy, "by": dby}
+        clip_by_global_norm(grads, 5.0)
+        mark("clip")
+        apply_update("adam", p, grads, state, 1e-3, it + 1, tc)
+        mark("adam")
+        if it >= 3:  # after warm-up
+            for (_, t0), (name, t1) in zip(marks, marks[1:], strict=False):
+                totals[name] = totals.get(name, 0.0) + t1 - t0
+    total = sum(totals.values())
+    print(f"H{H} B{B} T{T} V{V}, float32, mean of {a.steps} steps")
+    for name, t in totals.items():
+        print(f"  {name:24s} {t / a.steps * 1e3:8.2f} ms  {t / total:6.1%}")
+    print(f"  {'total':24s} {total / a.steps * 1e3:8.2f} ms  -> {B * T / (total / a.steps):,.0f} chars/s")
+
+
+if __name__ == "__main__":
+    main()
