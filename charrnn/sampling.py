@@ -126,8 +126,11 @@ def generate(
         elif filtered:
             nxt = draw(probabilities(logits, temperature, top_k, top_p), rngs)
         else:  # Gumbel-max: argmax(z + G), G iid standard Gumbel, is a draw from softmax(z), in three calls
-            gumbel = np.stack([r.gumbel(size=V) for r in rngs])  # (K, V) float64
-            gumbel += logits * inv_t
+            if K == 1:
+                gumbel = rngs[0].gumbel(size=(1, V))  # (1, V) float64
+            else:
+                gumbel = np.stack([r.gumbel(size=V) for r in rngs])  # (K, V) float64
+            gumbel += logits if inv_t == 1.0 else logits * inv_t
             nxt = gumbel.argmax(axis=-1)
         out[:, t] = nxt
         if on_step is not None:
