@@ -248,10 +248,14 @@ class _TrainDisplay:
     def _start_progress(self):
         """The live display starts with training, so an error before it stays a single line."""
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.table import Column
 
+        # the step count, bar and ETA keep their width; on a narrow terminal the statistics are cut instead
         self.progress = Progress(
-            TextColumn("step"), MofNCompleteColumn(), BarColumn(), TimeRemainingColumn(),
-            TextColumn("{task.fields[stats]}"), console=err, transient=False,
+            TextColumn("step"), MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11)),
+            BarColumn(bar_width=24), TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+            TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
+            console=err, transient=False,
         )  # fmt: skip
         self.progress.__enter__()
 
@@ -272,8 +276,8 @@ class _TrainDisplay:
             self.log(f"{what} {info['step']}: {info['params']:,} parameters, vocabulary {info['vocab_size']}, "
                      f"{info['windows_per_epoch']} windows per epoch -> {info['out_dir']}")  # fmt: skip
         elif kind == "step" and self.progress is not None:
-            stats = (f"loss {info['smooth_loss']:.3f} | val {self.val} | {info['chars_per_sec'] / 1000:.1f}k chars/s | "
-                     f"lr {info['lr']:.2e} | |g| {info['grad_norm']:.2f}")  # fmt: skip
+            stats = (f"loss {info['smooth_loss']:.3f} | val {self.val} | {info['chars_per_sec'] / 1000:.1f}k char/s | "
+                     f"lr {info['lr']:.1e} | |g| {info['grad_norm']:.2f}")  # fmt: skip
             self.progress.update(self.task, completed=info["step"], stats=stats)
         elif kind == "eval":
             self.val = f"{info['val_loss']:.3f} ({info['val_bpc']:.2f} bpc)"
