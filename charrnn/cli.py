@@ -352,10 +352,6 @@ def sample(
             prime = decode_bytes(sys.stdin.buffer.read(), source="standard input")
         elif prime_file is not None:
             prime = read_text(prime_file)
-        if seed is None:
-            import secrets
-
-            seed = secrets.randbits(63)
         streaming = (sys.stdout.isatty() if stream is None else stream) and num_samples == 1 and not as_json
         writer = _StdoutWriter()
         try:

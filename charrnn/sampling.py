@@ -30,10 +30,15 @@ class SampleError(CharRNNError):
     """Bad sampling options or prime text."""
 
 
+def fresh_seed() -> int:
+    """A seed from the OS entropy pool, for runs without --seed (reported so they can be repeated)."""
+    return int(np.random.SeedSequence().entropy % (2**63))
+
+
 def sample_rngs(seed: int | None, k: int) -> list[np.random.Generator]:
     """The per-sample generators of the seeding scheme (see module doc)."""
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))
+        seed = fresh_seed()
     return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,))) for i in range(k)]
 
 
@@ -170,7 +175,7 @@ def sample_from_checkpoint(
             )
         prime = "".join(c for c in prime if c not in set(missing))
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**63))
+        seed = fresh_seed()
     head = prime if prime_echo else ""
     on_step = None
     if on_text is not None:
