@@ -119,6 +119,13 @@ def affine_backward(dout: np.ndarray, cache: AffineCache):
 # ---------------------------------------------------------------------------
 
 
+def activate_(a: np.ndarray, activation: str) -> np.ndarray:
+    """Apply the nonlinearity in place: tanh, or relu = max(a, 0). Returns a."""
+    if activation == "tanh":
+        return np.tanh(a, out=a)
+    return np.maximum(a, 0, out=a)
+
+
 class RNNCache(NamedTuple):
     hs: np.ndarray  # (T, B, H) hidden states h_1..h_T (the activations, not the pre-activations)
     h0: np.ndarray  # (B, H) state before the first step
@@ -146,10 +153,7 @@ def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str 
         np.matmul(h_prev, Whh, out=rec)
         at = hs[t]
         at += rec
-        if activation == "tanh":
-            np.tanh(at, out=at)
-        else:
-            np.maximum(at, 0, out=at)
+        activate_(at, activation)
         h_prev = at
     return hs, RNNCache(hs, h0, Whh, activation)
 

@@ -26,9 +26,9 @@ from .layers import (
     AffineCache,
     OneHotAffineCache,
     RNNCache,
+    activate_,
     affine_backward,
     affine_forward,
-    log_softmax,
     onehot_affine_backward,
     onehot_affine_forward,
     rnn_backward,
@@ -244,19 +244,10 @@ class CharRNN:
             else:
                 a += x @ p[f"layers.{i}.Wxh"]
             a += p[f"layers.{i}.bh"]
-            if self.activation == "tanh":
-                np.tanh(a, out=a)
-            else:
-                np.maximum(a, 0, out=a)
-            x = a
+            x = activate_(a, self.activation)
         logits = x @ p["Why"]  # (B, V)
         logits += p["by"]
         return logits, h_new
-
-    def log_probs(self, x, h0=None):
-        """Log-probabilities (B, T, V) of the next character at every position, and the last state."""
-        logits, h_last = self.forward(x, h0)
-        return log_softmax(logits), h_last
 
     def forward_loss(self, x, y, h0=None, mask=None):
         """Mean NLL of y given x, and everything `backward` needs. Returns (loss, cache, h_last)."""
