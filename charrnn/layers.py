@@ -110,7 +110,7 @@ def affine_backward(dout: np.ndarray, cache: AffineCache):
     d2 = dout.reshape(-1, H)  # (N, H)
     dx = (d2 @ W.T).reshape(x.shape)
     dW = x2.T @ d2
-    db = d2.sum(axis=0)
+    db = np.ones(d2.shape[0], dtype=d2.dtype) @ d2  # column sums as one matrix-vector product (short rows sum slowly)
     return dx, dW, db
 
 
@@ -219,26 +219,47 @@ def softmax_cross_entropy(logits: np.ndarray, targets: np.ndarray, mask: np.ndar
     Returns (loss, dlogits): loss is a Python float in nats per counted position,
     dlogits (N, V) has the dtype of logits. Masked positions contribute neither loss
     nor gradient. The gradient of the mean NLL is (softmax - one_hot) / count.
+
+    The rows are short (V ~ 65), and numpy reduces short rows slowly, so: exp is
+    shifted by the batch maximum, one scalar, not by each row's (softmax does not
+    depend on the shift; exp(z - max) <= 1 cannot overflow); the row sums are one
+    matrix-vector product; targets are read and written through flat indices.
+    A row whose maximum lies so far below the batch maximum that its exponentials
+    leave the normal range (row sum < tiny / eps) is redone with its own maximum,
+    so no precision is lost. -log p is log(sum) - (shifted target logit): exact
+    even when p itself underflows.
     """
-    N = logits.shape[0]
-    rows = np.arange(N)
-    probs = logits - logits.max(axis=1, keepdims=True)  # (N, V), <= 0: exp cannot overflow
-    shifted_target = probs[rows, targets]  # (N,)
+    N, V = logits.shape
+    dtype = logits.dtype
+    flat = np.arange(0, N * V, V) + targets  # (N,) flat index of each row's target
+    shift = logits.max()
+    probs = np.subtract(logits, shift)  # (N, V), <= 0
+    shifted_target = probs.reshape(-1)[flat]  # (N,)
     np.exp(probs, out=probs)
-    sums = probs.sum(axis=1)  # (N,), >= 1 since the row max contributes exp(0)
-    nll = np.log(sums) - shifted_target  # (N,) exact -log p, finite even when p underflows
-    probs /= sums[:, None]
+    sums = probs @ np.ones(V, dtype=dtype)  # (N,), >= exp(row max - shift)
+    info = np.finfo(dtype)
+    low = np.flatnonzero(sums < info.tiny / info.eps)
+    if low.size:  # rows far below the batch maximum: shift each by its own maximum
+        sub = logits[low]
+        sub = sub - sub.max(axis=1, keepdims=True)  # (n_low, V)
+        shifted_target[low] = sub[np.arange(low.size), targets[low]]
+        np.exp(sub, out=sub)
+        probs[low] = sub
+        sums[low] = sub.sum(axis=1)
+    nll = np.log(sums) - shifted_target  # (N,) exact -log p
     if mask is None:
         count = N
         loss = float(nll.sum(dtype=np.float64)) / count
-        probs[rows, targets] -= 1
-        probs *= probs.dtype.type(1.0 / count)
+        scale = np.divide(dtype.type(1.0 / count), sums)  # (N,) softmax normaliser and 1/count in one pass
+        target_grad = dtype.type(1.0 / count)
     else:
-        mask = np.asarray(mask, dtype=logits.dtype)
+        mask = np.asarray(mask, dtype=dtype)
         count = float(mask.sum(dtype=np.float64))
         if count <= 0:
             raise ValueError("the mask leaves no position to score")
         loss = float((nll * mask).sum(dtype=np.float64)) / count
-        probs[rows, targets] -= 1
-        probs *= (mask / logits.dtype.type(count))[:, None]
+        target_grad = mask / dtype.type(count)  # (N,)
+        scale = target_grad / sums
+    probs *= scale[:, None]
+    probs.reshape(-1)[flat] -= target_grad
     return loss, probs

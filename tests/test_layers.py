@@ -69,6 +69,25 @@ def test_softmax_and_loss_are_finite_for_huge_logits():
     assert loss == pytest.approx(1.5e4, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cross_entropy_keeps_precision_for_rows_far_below_the_batch_maximum(dtype):
+    # exp is shifted by the batch maximum; rows 3000 below it would underflow to zero
+    # and must be redone with their own maximum, giving the row-wise reference exactly
+    rng = np.random.default_rng(3)
+    logits = rng.standard_normal((6, 4)) * 3
+    logits[1] += 3000.0
+    logits[4] -= 80.0  # far below, yet within float64's range: only float32 needs the redo
+    y = np.array([0, 1, 2, 3, 0, 1])
+    loss, d = softmax_cross_entropy(logits.astype(dtype), y)
+    z = logits - logits.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    nll = np.log(np.exp(z).sum(1)) - z[np.arange(6), y]
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    assert loss == pytest.approx(nll.mean(), rel=rtol)
+    np.testing.assert_allclose(d, (p - one_hot(y, 4, np.float64)) / 6, rtol=rtol * 10, atol=rtol * 1e-3)
+    assert d.dtype == dtype
+
+
 def test_cross_entropy_matches_the_definition_and_respects_the_mask():
     rng = np.random.default_rng(0)
     N, V = 9, 5
