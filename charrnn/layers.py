@@ -65,23 +65,19 @@ def onehot_affine_backward(dout: np.ndarray, cache: OneHotAffineCache):
 
     dout: (..., H). The ids carry no gradient. dW is a scatter-add of the rows of
     dout into the rows their ids selected: row v of dW is the sum of dout over every
-    position whose input was character v. It is computed by sorting the positions
-    by id and summing each contiguous run of equal ids (one gather, then one
-    vectorised column sum per distinct character), several times faster than
-    np.add.at's element-wise scatter, and never a product with a one-hot matrix.
+    position whose input was character v, that is one_hot(ids)^T @ dout. That
+    product is what runs: a (V, N) x (N, H) matrix product is wasteful in FLOPs (V
+    times the additions) but BLAS does it faster than any gather-and-sum numpy
+    offers (measured inside a training step at V = 65, N = 6400, H = 512: 3.5 ms
+    against 4.6 ms for sorting the positions by id and summing each run, and far
+    slower for np.add.reduceat or np.add.at); the forward pass stays a row lookup.
     """
     H = dout.shape[-1]
     d2 = dout.reshape(-1, H)  # (N, H)
     ids = cache.ids.reshape(-1)  # (N,)
-    dW = np.zeros(cache.W_shape, dtype=dout.dtype)
-    if ids.size:
-        order = np.argsort(ids, kind="stable")
-        sorted_ids = ids[order]
-        starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
-        ends = np.append(starts[1:], ids.size)
-        rows = d2[order]  # (N, H) grouped by character
-        for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-            rows[start:end].sum(axis=0, out=dW[sorted_ids[start]])
+    selector = np.zeros((cache.W_shape[0], ids.size), dtype=dout.dtype)  # (V, N) one_hot(ids)^T
+    selector[ids, np.arange(ids.size)] = 1
+    dW = selector @ d2  # (V, H)
     db = dW.sum(axis=0)  # every position adds its row to exactly one row of dW
     return dW, db
 
