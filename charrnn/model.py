@@ -249,6 +249,10 @@ class CharRNN:
         logits += p["by"]
         return logits, h_new
 
+    def stepper(self, h) -> "Stepper":
+        """A `Stepper` continuing from state h (L, K, H): the fast path for generating text."""
+        return Stepper(self, h)
+
     def forward_loss(self, x, y, h0=None, mask=None):
         """Mean NLL of y given x, and everything `backward` needs. Returns (loss, cache, h_last)."""
         x, y = self._check_ids("x", x), self._check_ids("y", y)
@@ -300,3 +304,58 @@ class CharRNN:
         """Loss and last state without gradients (evaluation)."""
         loss, _, h_last = self.forward_loss(x, y, h0, mask)
         return loss, h_last
+
+
+class Stepper:
+    """Inference one character at a time for K sequences, one matrix product per layer per step.
+
+    ``CharRNN.step`` multiplies each new state twice: h_t Whh (for step t+1) and h_t
+    times the weights above it (the next layer's Wxh, or Why). Here both are one
+    product, [h_t, 1] @ [[Whh, W_above], [bh, b_above]], with the biases in an extra
+    row so that they cost nothing: a one-layer step is then one (H+1, H+V)
+    matrix-vector product (15 us of the ~22 us per character at hidden 512), a row
+    lookup, an add and the activation. Same model, same numbers as ``step`` up to
+    float rounding.
+
+    >>> s = model.stepper(h)              # h: (L, K, H), e.g. after the prime
+    >>> logits = s.feed(ids)              # ids (K,) -> logits (K, V) of the next character
+
+    The returned logits are a view into the stepper's buffer, valid until the next feed.
+    """
+
+    def __init__(self, model: CharRNN, h: np.ndarray):
+        p, L, H = model.params, model.num_layers, model.hidden_size
+        if h.ndim != 3 or h.shape[0] != L or h.shape[2] != H:
+            raise ValueError(f"h must have shape (L, K, H) with L = {L}, H = {H}, got {h.shape}")
+        K, dtype = h.shape[1], model.dtype
+        self.activation = model.activation
+        self.embed = p["layers.0.Wxh"]  # (V, H) x_t Wxh for a one-hot x_t: a row (bh is in the product)
+        self.layers = []
+        for i in range(L):
+            top = i == L - 1
+            W_above = p["Why"] if top else p[f"layers.{i + 1}.Wxh"]  # (H, D) with D = V or H
+            b_above = p["by"] if top else np.zeros(H, dtype)  # a layer's bh rides on its own Whh block
+            # (H+1, H+D), stored transposed: the matrix-vector product runs ~15% faster that way
+            W = np.empty((H + W_above.shape[1], H + 1), dtype).T
+            W[:H, :H], W[:H, H:] = p[f"layers.{i}.Whh"], W_above
+            W[H, :H], W[H, H:] = p[f"layers.{i}.bh"], b_above
+            hbuf = np.ones((K, H + 1), dtype)  # (K, H+1): [h_t, 1]; the 1 stays
+            hbuf[:, :H] = h[i]
+            z = hbuf @ W  # (K, H+D): [h Whh + bh, h W_above + b_above]
+            # views fixed once: (full [h, 1] buffer, its h part, weights, product, its two parts)
+            self.layers.append((hbuf, hbuf[:, :H], W, z, z[:, :H], z[:, H:]))
+
+    def feed(self, ids) -> np.ndarray:
+        """Advance every sequence by one character, ids (K,); returns the logits (K, V) that follow."""
+        x = self.embed[ids]  # (K, H) x_t Wxh of layer 0
+        for hbuf, h, W, z, recurrent, above in self.layers:
+            np.add(recurrent, x, out=h)  # a_t = h_{t-1} Whh + bh + x_t Wxh, written where h_t goes
+            activate_(h, self.activation)
+            np.dot(hbuf, W, out=z)
+            x = above  # the next layer's input term (with its bias folded in its own Whh row), or the logits
+        return x
+
+    @property
+    def h(self) -> np.ndarray:
+        """The current state (L, K, H), a copy."""
+        return np.stack([layer[1] for layer in self.layers])

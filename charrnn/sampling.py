@@ -88,6 +88,9 @@ def draw(p: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
     return np.minimum(ids, p.shape[-1] - 1)
 
 
+_NOISE_BLOCK = 256  # Gumbel noise is drawn this many steps at a time
+
+
 def generate(
     model: CharRNN,
     vocab: Vocab,
@@ -108,7 +111,7 @@ def generate(
     check_options(temperature, top_k, top_p, n)
     if vocab.size != model.vocab_size:
         raise SampleError(f"vocabulary has {vocab.size} characters, the model {model.vocab_size}")
-    K = num_samples
+    K, V = num_samples, model.vocab_size
     rngs = sample_rngs(seed, K)
     h = model.initial_state(K)
     if not prime and "\n" in vocab.chars:
@@ -117,31 +120,33 @@ def generate(
         ids = vocab.encode(prime)
         if ids.size > 1:
             _, h = model.forward(np.tile(ids[:-1], (K, 1)), h)
-        logits, h = model.step(np.full(K, ids[-1]), h)
+        stepper = model.stepper(h)
+        logits = stepper.feed(np.full(K, ids[-1]))
     else:  # nothing to start from: the zero state and a uniform first character
-        logits = np.zeros((K, model.vocab_size), dtype=model.dtype)
+        stepper = model.stepper(h)
+        logits = np.zeros((K, V), dtype=model.dtype)
     out = np.empty((K, n), dtype=np.int64)
     chars = vocab.chars
     filtered = top_k is not None or (top_p is not None and top_p < 1)
-    inv_t = 1.0 / temperature
-    V = model.vocab_size
+    scores = np.empty((K, V))  # (K, V) logits + noise, float64
+    noise = np.empty((0, K, V))
     for t in range(n):
         if argmax:
             nxt = logits.argmax(axis=-1)
         elif filtered:
             nxt = draw(probabilities(logits, temperature, top_k, top_p), rngs)
-        else:  # Gumbel-max: argmax(z + G), G iid standard Gumbel, is a draw from softmax(z), in three calls
-            if K == 1:
-                gumbel = rngs[0].gumbel(size=(1, V))  # (1, V) float64
-            else:
-                gumbel = np.stack([r.gumbel(size=V) for r in rngs])  # (K, V) float64
-            gumbel += logits if inv_t == 1.0 else logits * inv_t
-            nxt = gumbel.argmax(axis=-1)
+        else:  # Gumbel-max: argmax(z / T + G) = argmax(z + T G), G iid standard Gumbel, is a draw from softmax(z / T)
+            j = t % _NOISE_BLOCK
+            if j == 0:  # noise for the next steps, drawn per sample in one call: the stream of one call per step
+                block = min(_NOISE_BLOCK, n - t)
+                noise = np.log(np.stack([r.standard_exponential((block, V)) for r in rngs], axis=1))  # (block, K, V)
+                noise *= -temperature  # -log E is standard Gumbel for E ~ Exp(1): 3x cheaper than rng.gumbel
+            nxt = np.add(noise[j], logits, out=scores).argmax(axis=-1)
         out[:, t] = nxt
         if on_step is not None:
             on_step([chars[i] for i in nxt.tolist()])
         if t + 1 < n:
-            logits, h = model.step(nxt, h)
+            logits = stepper.feed(nxt)
     return [vocab.decode(row) for row in out]
 
 

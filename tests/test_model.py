@@ -195,3 +195,22 @@ def test_from_params_rebuilds_the_same_model():
     bad["layers.1.Whh"] = np.zeros((5, 5), np.float32)
     with pytest.raises(ValueError, match="shape"):
         CharRNN.from_params(bad, "relu")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_stepper_follows_step_exactly(activation):
+    # the sampler's fused path ([h, 1] times [[Whh, W_above], [bh, b_above]]) is the same model as step
+    m = CharRNN(7, 6, 3, activation=activation, seed=2, dtype=np.float64)
+    for name, p in m.params.items():
+        if name.endswith(("bh", "by")):
+            p[:] = np.random.default_rng(len(name)).standard_normal(p.shape)  # biases must count once
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((3, 4, 6)) * 0.5
+    stepper = m.stepper(h)
+    for _ in range(6):
+        ids = rng.integers(0, 7, 4)
+        logits, h = m.step(ids, h)
+        np.testing.assert_allclose(stepper.feed(ids), logits, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(stepper.h, h, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError):
+        m.stepper(np.zeros((2, 4, 6)))

@@ -166,8 +166,11 @@ def test_unfiltered_draws_follow_the_softmax():
         def initial_state(self, k):
             return np.zeros((1, k, 1), np.float32)
 
-        def step(self, ids, h):
-            return np.repeat(self.logits, len(ids), axis=0), h
+        def stepper(self, h):
+            return self
+
+        def feed(self, ids):
+            return np.repeat(self.logits, len(ids), axis=0)
 
     text = sampling.generate(Fixed(), Vocab(tuple("abcd")), 40000, prime="a", temperature=2.0, seed=0)[0]
     freq = np.array([text.count(c) for c in "abcd"]) / len(text)
