@@ -344,6 +344,8 @@ class Stepper:
             z = hbuf @ W  # (K, H+D): [h Whh + bh, h W_above + b_above]
             # views fixed once: (full [h, 1] buffer, its h part, weights, product, its two parts)
             self.layers.append((hbuf, hbuf[:, :H], W, z, z[:, :H], z[:, H:]))
+        # the same buffers as 1-D views of their first row, for feed_one
+        self.single = [(hb[0], h[0], W, z[0], rec[0], above[0]) for hb, h, W, z, rec, above in self.layers]
 
     def feed(self, ids) -> np.ndarray:
         """Advance every sequence by one character, ids (K,); returns the logits (K, V) that follow."""
@@ -353,6 +355,20 @@ class Stepper:
             activate_(h, self.activation)
             np.dot(hbuf, W, out=z)
             x = above  # the next layer's input term (with its bias folded in its own Whh row), or the logits
+        return x
+
+    def feed_one(self, c: int) -> np.ndarray:
+        """`feed` for a single sequence (K = 1) and an int id; returns logits (V,).
+
+        The same arithmetic on 1-D views: a plain row lookup instead of fancy
+        indexing, and a matrix-vector product; what the sampler's loop runs.
+        """
+        x = self.embed[c]  # (H,)
+        for hbuf, h, W, z, recurrent, above in self.single:
+            np.add(recurrent, x, out=h)
+            activate_(h, self.activation)
+            np.dot(hbuf, W, out=z)
+            x = above
         return x
 
     @property

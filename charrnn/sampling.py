@@ -125,9 +125,11 @@ def generate(
     else:  # nothing to start from: the zero state and a uniform first character
         stepper = model.stepper(h)
         logits = np.zeros((K, V), dtype=model.dtype)
-    out = np.empty((K, n), dtype=np.int64)
     chars = vocab.chars
     filtered = top_k is not None or (top_p is not None and top_p < 1)
+    if K == 1 and not filtered:
+        return [vocab.decode(_generate_one(stepper, logits[0], n, rngs[0], temperature, argmax, on_step, chars))]
+    out = np.empty((K, n), dtype=np.int64)
     scores = np.empty((K, V))  # (K, V) logits + noise, float64
     noise = np.empty((0, K, V))
     for t in range(n):
@@ -148,6 +150,33 @@ def generate(
         if t + 1 < n:
             logits = stepper.feed(nxt)
     return [vocab.decode(row) for row in out]
+
+
+def _generate_one(stepper, logits, n, rng, temperature, argmax, on_step, chars) -> list[int]:
+    """`generate`'s loop for one sample without filters: the same draws, in 1-D and with int ids.
+
+    At hidden 512 a character costs ~15 us of matrix-vector product; this loop keeps
+    the rest to a handful of array calls (~20 us in all, against ~22 us for the batched loop).
+    """
+    ids: list[int] = []
+    V = logits.shape[-1]
+    scores = np.empty(V)  # float64: logits + noise
+    noise = np.empty((0, V))
+    for t in range(n):
+        if argmax:
+            c = int(logits.argmax())
+        else:  # Gumbel-max, as in generate
+            j = t % _NOISE_BLOCK
+            if j == 0:
+                noise = np.log(rng.standard_exponential((min(_NOISE_BLOCK, n - t), V)))  # (block, V)
+                noise *= -temperature
+            c = int(np.add(noise[j], logits, out=scores).argmax())
+        ids.append(c)
+        if on_step is not None:
+            on_step([chars[c]])
+        if t + 1 < n:
+            logits = stepper.feed_one(c)
+    return ids
 
 
 def sample_from_checkpoint(

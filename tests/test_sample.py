@@ -172,7 +172,13 @@ def test_unfiltered_draws_follow_the_softmax():
         def feed(self, ids):
             return np.repeat(self.logits, len(ids), axis=0)
 
-    text = sampling.generate(Fixed(), Vocab(tuple("abcd")), 40000, prime="a", temperature=2.0, seed=0)[0]
-    freq = np.array([text.count(c) for c in "abcd"]) / len(text)
+        def feed_one(self, c):
+            return self.logits[0]
+
     expected = probabilities(Fixed.logits, 2.0)[0]
-    np.testing.assert_allclose(freq, expected, atol=0.01)
+    # one sample (the 1-D loop) and a batch of two (the batched loop)
+    for k in (1, 2):
+        texts = sampling.generate(Fixed(), Vocab(tuple("abcd")), 40000, prime="a", temperature=2.0, seed=0, num_samples=k)
+        for text in texts:
+            freq = np.array([text.count(c) for c in "abcd"]) / len(text)
+            np.testing.assert_allclose(freq, expected, atol=0.01)
