@@ -80,6 +80,36 @@ def main() -> None:
     for name, t in totals.items():
         print(f"  {name:24s} {t / a.steps * 1e3:8.2f} ms  {t / total:6.1%}")
     print(f"  {'total':24s} {total / a.steps * 1e3:8.2f} ms  -> {B * T / (total / a.steps):,.0f} chars/s")
+    floor = gemm_floor(H, B, T, V, rng)
+    print(f"  the step's matrix products alone, each timed apart at its shape: {floor * 1e3:.2f} ms, "
+          f"{floor / (total / a.steps):.0%} of the step")  # fmt: skip
+
+
+def gemm_floor(H: int, B: int, T: int, V: int, rng: np.random.Generator) -> float:
+    """Seconds per step that the step's matrix products take alone, each timed in isolation at its shape."""
+    N = T * B
+    m = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    h, W, hs, dl = m(B, H), m(H, H), m(N, H), m(N, V)
+    Why, sel = m(H, V), m(V, N)
+    products = [  # (count per step, operands): the loops' step products, then the one-off ones
+        (T, h, W),  # forward h_{t-1} Whh
+        (T, h, np.ascontiguousarray(W.T)),  # BPTT da_t Whh^T
+        (1, hs.T, hs),  # dWhh over all steps
+        (1, hs, Why),  # logits
+        (1, dl, Why.T),  # dhs
+        (1, hs.T, dl),  # dWhy
+        (1, sel, hs),  # dWxh, one_hot(ids)^T @ da
+    ]
+    total = 0.0
+    for count, x, y in products:
+        out = np.empty((x.shape[0], y.shape[1]), np.float32)
+        np.matmul(x, y, out=out)
+        reps = max(3, int(2e8 / (2 * x.shape[0] * x.shape[1] * y.shape[1])))
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            np.matmul(x, y, out=out)
+        total += count * (time.perf_counter() - t0) / reps
+    return total
 
 
 if __name__ == "__main__":

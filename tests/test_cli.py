@@ -51,8 +51,8 @@ def test_gradcheck_json_for_scripts():
 def test_gradcheck_exits_1_when_a_gradient_is_wrong(monkeypatch):
     real = model_module.affine_backward
 
-    def wrong(dout, cache):
-        dx, dW, db = real(dout, cache)
+    def wrong(dout, cache, out=None):
+        dx, dW, db = real(dout, cache, out)
         return dx, dW * 1.01, db  # a 1% error in every dense weight gradient
 
     monkeypatch.setattr(model_module, "affine_backward", wrong)

@@ -54,9 +54,9 @@ def test_a_missing_recurrent_term_is_caught(monkeypatch):
 def test_an_ignored_mask_is_caught(monkeypatch):
     real = model_module.softmax_cross_entropy
 
-    def ce_without_mask_in_gradient(logits, targets, mask=None):
+    def ce_without_mask_in_gradient(logits, targets, mask=None, out=None):
         loss, _ = real(logits.copy(), targets, mask)
-        _, d = real(logits, targets, None)  # the bug: gradient as if nothing were masked
+        _, d = real(logits, targets, None, out)  # the bug: gradient as if nothing were masked
         return loss, d
 
     monkeypatch.setattr(model_module, "softmax_cross_entropy", ce_without_mask_in_gradient)

@@ -118,3 +118,27 @@ def test_rnn_forward_is_the_recurrence_step_by_step():
         for t in range(T):
             h = f(a[t] + h @ Whh)
             np.testing.assert_allclose(hs[t], h, rtol=1e-12)
+
+
+def test_out_arrays_receive_the_same_results_and_bad_ones_are_refused():
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, 5, (3, 2))
+    W, b, x = rng.standard_normal((5, 4)), rng.standard_normal(4), rng.standard_normal((3, 2, 5))
+    out = np.empty((3, 2, 4))
+    assert onehot_affine_forward(ids, W, b, out=out)[0] is out
+    np.testing.assert_array_equal(out, onehot_affine_forward(ids, W, b)[0])
+    y, cache = affine_forward(x, W, b, out=np.empty((3, 2, 4)))
+    np.testing.assert_array_equal(y, affine_forward(x, W, b)[0])
+    dout = rng.standard_normal((3, 2, 4))
+    dx = affine_backward(dout, cache, out=np.empty((3, 2, 5)))[0]
+    np.testing.assert_array_equal(dx, affine_backward(dout, cache)[0])
+    logits, targets = rng.standard_normal((6, 5)), rng.integers(0, 5, 6)
+    d = softmax_cross_entropy(logits, targets, out=np.empty((6, 5)))[1]
+    np.testing.assert_array_equal(d, softmax_cross_entropy(logits, targets)[1])
+    with pytest.raises(IndexError):
+        onehot_affine_forward(np.array([[5]]), W, b, out=np.empty((1, 1, 4)))
+    for bad in (np.empty((3, 2, 4), np.float32), np.empty((3, 2, 3)), np.empty((3, 2, 8))[..., ::2]):  # dtype, shape, layout
+        with pytest.raises(ValueError):
+            affine_forward(x, W, b, out=bad)
+    with pytest.raises(ValueError):
+        softmax_cross_entropy(logits, targets, out=logits)

@@ -214,3 +214,23 @@ def test_stepper_follows_step_exactly(activation):
         np.testing.assert_allclose(stepper.h, h, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError):
         m.stepper(np.zeros((2, 4, 6)))
+
+
+def test_reused_work_arrays_change_no_result():
+    # loss_and_grads and loss run on arrays the model keeps between calls; forward_loss/backward
+    # allocate fresh ones: results must be identical, across shape changes, and a cache held
+    # by the caller must survive later loss_and_grads calls
+    m = CharRNN(9, 8, 2, seed=1, dtype=np.float64)
+    rng = np.random.default_rng(5)
+    batches = [(rng.integers(0, 9, (B, T)), rng.integers(0, 9, (B, T))) for B, T in ((3, 5), (3, 5), (2, 7))]
+    x0, y0 = batches[0]
+    loss0, cache0, _ = m.forward_loss(x0, y0)
+    for x, y in batches:
+        loss, grads, h = m.loss_and_grads(x, y)
+        ref_loss, cache, ref_h = m.forward_loss(x, y)
+        ref_grads, _ = m.backward(cache)
+        assert loss == ref_loss and np.array_equal(h, ref_h)
+        assert all(np.array_equal(grads[k], ref_grads[k]) for k in grads)
+        assert m.loss(x, y)[0] == ref_loss
+    grads0, _ = m.backward(cache0)  # the held cache is intact
+    assert all(np.array_equal(grads0[k], m.loss_and_grads(x0, y0)[1][k]) for k in grads0)
