@@ -53,15 +53,19 @@ def main() -> None:
         marks = [("start", time.perf_counter())]
         mark = lambda name, marks=marks: marks.append((name, time.perf_counter()))  # noqa: E731
 
-        a0, pc = onehot_affine_forward(np.ascontiguousarray(x.T), p["layers.0.Wxh"], p["layers.0.bh"])
+        # the work arrays CharRNN.loss_and_grads runs on (model._buffer), so the phases match its step
+        buf = model._buffer
+        a0, pc = onehot_affine_forward(
+            np.ascontiguousarray(x.T), p["layers.0.Wxh"], p["layers.0.bh"], out=buf("hs.0", (T, B, H))
+        )
         mark("embedding gather")
         hs, rc = rnn_forward(a0, h0, p["layers.0.Whh"])
         mark("forward recurrence")
-        logits, oc = affine_forward(hs, p["Why"], p["by"])
+        logits, oc = affine_forward(hs, p["Why"], p["by"], out=buf("logits", (T, B, V)))
         mark("output layer")
-        _, dl = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1))
+        _, dl = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1), out=buf("dlogits", (T * B, V)))
         mark("softmax cross-entropy")
-        dhs, dWhy, dby = affine_backward(dl.reshape(T, B, V), oc)
+        dhs, dWhy, dby = affine_backward(dl.reshape(T, B, V), oc, out=buf("dhs", (T, B, H)))
         mark("output layer backward")
         da, _, dWhh = rnn_backward(dhs, rc)
         mark("BPTT loop + dWhh")
