@@ -161,21 +161,19 @@ def _generate_one(stepper, logits, n, rng, temperature, argmax, on_step, chars) 
     ids: list[int] = []
     V = logits.shape[-1]
     scores = np.empty(V)  # float64: logits + noise
-    noise = np.empty((0, V))
-    for t in range(n):
+    for start in range(0, n, _NOISE_BLOCK):
+        shape = (min(_NOISE_BLOCK, n - start), V)
         if argmax:
-            c = int(logits.argmax())
+            noise = np.zeros(shape)  # argmax(logits + 0) is the greedy choice
         else:  # Gumbel-max, as in generate
-            j = t % _NOISE_BLOCK
-            if j == 0:
-                noise = np.log(rng.standard_exponential((min(_NOISE_BLOCK, n - t), V)))  # (block, V)
-                noise *= -temperature
-            c = int(np.add(noise[j], logits, out=scores).argmax())
-        ids.append(c)
-        if on_step is not None:
-            on_step([chars[c]])
-        if t + 1 < n:
-            logits = stepper.feed_one(c)
+            noise = np.log(rng.standard_exponential(shape))  # (block, V)
+            noise *= -temperature
+        for row in noise:
+            c = int(np.add(row, logits, out=scores).argmax())
+            ids.append(c)
+            if on_step is not None:
+                on_step([chars[c]])
+            logits = stepper.feed_one(c)  # also after the last character: cheaper than a test per step
     return ids
 
 
