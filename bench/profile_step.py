@@ -93,16 +93,16 @@ def gemm_floor(H: int, B: int, T: int, V: int, rng: np.random.Generator) -> floa
     """Seconds per step that the step's matrix products take alone, each timed in isolation at its shape."""
     N = T * B
     m = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
-    h, W, hs, dl = m(B, H), m(H, H), m(N, H), m(N, V)
+    h, W, hs, da, dl = m(B, H), m(H, H), m(N, H), m(N, H), m(N, V)
     Why, sel = m(H, V), m(V, N)
     products = [  # (count per step, operands): the loops' step products, then the one-off ones
         (T, h, W),  # forward h_{t-1} Whh
         (T, h, np.ascontiguousarray(W.T)),  # BPTT da_t Whh^T
-        (1, hs.T, hs),  # dWhh over all steps
+        (1, hs.T, da),  # dWhh over all steps (two arrays: numpy runs a.T @ a as a half-cost syrk)
         (1, hs, Why),  # logits
         (1, dl, Why.T),  # dhs
         (1, hs.T, dl),  # dWhy
-        (1, sel, hs),  # dWxh, one_hot(ids)^T @ da
+        (1, sel, da),  # dWxh, one_hot(ids)^T @ da
     ]
     total = 0.0
     for count, x, y in products:
