@@ -1,12 +1,13 @@
 """Generate text from a model: prime it, then draw one character at a time.
 
 Generation feeds the prime through the network in one batched pass (its hidden
-state warms up on it), then repeats: one `CharRNN.step` on the last ids, then a
-draw of the next id. Without top-k/top-p filters the draw is Gumbel-max,
-argmax(logits / T + G) with G standard Gumbel noise, an exact sample of
-softmax(logits / T) in three array operations; with filters the kept
+state warms up on it), then repeats: one step of a `Stepper` (model.py: one
+matrix product per layer) on the last ids, then a draw of the next id. Without
+top-k/top-p filters the draw is Gumbel-max, argmax(logits + T G) with G standard
+Gumbel noise (-log of Exp(1) draws, made 256 steps at a time), an exact sample of
+softmax(logits / T) in two array operations; with filters the kept
 probabilities are renormalised and drawn by inverting their CDF. Nothing else is
-re-run.
+re-run. One sample without filters (the common case) runs a 1-D loop with int ids.
 
 Seeding: sample k of a batch draws from its own generator,
 ``np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(k,)))``, so a batch
