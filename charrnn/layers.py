@@ -41,10 +41,14 @@ def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
     return out
 
 
-def _check_out(out: np.ndarray, shape: tuple, dtype) -> np.ndarray:
-    """An `out=` array must be C-contiguous with the result's exact shape and dtype (reshapes stay views)."""
+def _check_out(out: np.ndarray, shape: tuple, dtype, *inputs: np.ndarray) -> np.ndarray:
+    """An `out=` array: C-contiguous, the result's exact shape and dtype (reshapes stay views), apart from the inputs."""
     if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}")
+        raise ValueError(
+            f"out must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, got {out.dtype} {out.shape}"
+        )
+    if any(np.may_share_memory(out, a) for a in inputs):
+        raise ValueError("out must not overlap the inputs")
     return out
 
 
@@ -67,7 +71,7 @@ def onehot_affine_forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, out: np
     table = W + b  # (V, H): the bias added to the V rows, then one gather pass
     if out is None:
         return np.take(table, ids, axis=0), OneHotAffineCache(ids, W.shape)
-    _check_out(out, ids.shape + (W.shape[1],), table.dtype)
+    _check_out(out, ids.shape + (W.shape[1],), table.dtype, W)
     if ids.size and (ids.min() < 0 or ids.max() >= W.shape[0]):
         raise IndexError(f"ids must lie in [0, {W.shape[0]})")
     # mode="clip" (a no-op on checked ids) lets np.take write straight into out; the
@@ -76,24 +80,46 @@ def onehot_affine_forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, out: np
     return out, OneHotAffineCache(ids, W.shape)
 
 
+# Up to this vocabulary size the embedding gradient is a matrix product with the
+# one-hot selector; above it, a sort and a sum per character (see onehot_affine_backward).
+PRODUCT_MAX_VOCAB = 96
+
+
 def onehot_affine_backward(dout: np.ndarray, cache: OneHotAffineCache):
     """Gradients of `onehot_affine_forward` with respect to (W, b).
 
     dout: (..., H). The ids carry no gradient. dW is a scatter-add of the rows of
     dout into the rows their ids selected: row v of dW is the sum of dout over every
-    position whose input was character v, that is one_hot(ids)^T @ dout. That
-    product is what runs: a (V, N) x (N, H) matrix product is wasteful in FLOPs (V
-    times the additions) but BLAS does it faster than any gather-and-sum numpy
-    offers (measured inside a training step at V = 65, N = 6400, H = 512: 3.5 ms
-    against 4.6 ms for sorting the positions by id and summing each run, and far
-    slower for np.add.reduceat or np.add.at); the forward pass stays a row lookup.
+    position whose input was character v, that is one_hot(ids)^T @ dout. Two ways:
+
+    - V <= PRODUCT_MAX_VOCAB: that product, (V, N) x (N, H). It spends V times the
+      additions needed, yet at V = 65 a training step runs 0-5% faster with it than
+      with the sort below (interleaved runs, H 128-512): one streaming pass over
+      dout instead of a gather of it.
+    - larger V (CJK text, emoji): the product's cost grows with V (alone, at V = 128
+      it already takes 1.5-1.8x the sort's time), so the positions are sorted by id
+      and each run of equal ids is summed, ~N * H additions whatever V is.
+
+    np.add.at and np.add.reduceat are both far slower. The forward pass stays a row lookup.
     """
     H = dout.shape[-1]
+    V = cache.W_shape[0]
     d2 = dout.reshape(-1, H)  # (N, H)
     ids = cache.ids.reshape(-1)  # (N,)
-    selector = np.zeros((cache.W_shape[0], ids.size), dtype=dout.dtype)  # (V, N) one_hot(ids)^T
-    selector[ids, np.arange(ids.size)] = 1
-    dW = selector @ d2  # (V, H)
+    if V <= PRODUCT_MAX_VOCAB:
+        selector = np.zeros((V, ids.size), dtype=dout.dtype)  # (V, N) one_hot(ids)^T
+        selector[ids, np.arange(ids.size)] = 1
+        dW = selector @ d2  # (V, H)
+    else:
+        dW = np.zeros((V, H), dtype=dout.dtype)
+        if ids.size:
+            order = np.argsort(ids, kind="stable")
+            sorted_ids = ids[order]
+            starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
+            ends = np.append(starts[1:], ids.size)
+            rows = d2[order]  # (N, H) grouped by character
+            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+                rows[start:end].sum(axis=0, out=dW[sorted_ids[start]])
     db = dW.sum(axis=0)  # every position adds its row to exactly one row of dW
     return dW, db
 
@@ -112,7 +138,7 @@ def affine_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray 
     D, H = W.shape
     shape = x.shape[:-1] + (H,)
     dtype = np.result_type(x, W)
-    out = np.empty(shape, dtype) if out is None else _check_out(out, shape, dtype)
+    out = np.empty(shape, dtype) if out is None else _check_out(out, shape, dtype, x, W, b)
     o2 = out.reshape(-1, H)  # (N, H), a view
     np.matmul(x.reshape(-1, D), W, out=o2)
     o2 += b
@@ -129,7 +155,7 @@ def affine_backward(dout: np.ndarray, cache: AffineCache, out: np.ndarray | None
     x2 = x.reshape(-1, D)  # (N, D)
     d2 = dout.reshape(-1, H)  # (N, H)
     dtype = np.result_type(dout, W)
-    dx = np.empty(x.shape, dtype) if out is None else _check_out(out, x.shape, dtype)
+    dx = np.empty(x.shape, dtype) if out is None else _check_out(out, x.shape, dtype, dout, x, W)
     np.matmul(d2, W.T, out=dx.reshape(-1, D))
     dW = x2.T @ d2
     db = np.ones(d2.shape[0], dtype=d2.dtype) @ d2  # column sums as one matrix-vector product (short rows sum slowly)
@@ -234,6 +260,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e
 
 
+_MIN_SHIFTED_SUM = float(np.exp(-20.0))  # see softmax_cross_entropy
+
+
 def softmax_cross_entropy(
     logits: np.ndarray, targets: np.ndarray, mask: np.ndarray | None = None, out: np.ndarray | None = None
 ):
@@ -249,25 +278,30 @@ def softmax_cross_entropy(
     shifted by the batch maximum, one scalar, not by each row's (softmax does not
     depend on the shift; exp(z - max) <= 1 cannot overflow); the row sums are one
     matrix-vector product; targets are read and written through flat indices.
-    A row whose maximum lies so far below the batch maximum that its exponentials
-    leave the normal range (row sum < tiny / eps) is redone with its own maximum,
-    so no precision is lost. -log p is log(sum) - (shifted target logit): exact
+    Shifting a row by more than its own maximum costs precision in proportion to
+    the gap (rounding of z - max), and past ~87 nats in float32 its exponentials
+    leave the normal range; so a row whose sum is below e^-20 (its maximum more
+    than 20 nats below the batch's; a trained model's gaps measured up to ~16) is
+    redone with its own maximum. -log p is log(sum) - (shifted target logit): exact
     even when p itself underflows.
     """
+    logits = np.ascontiguousarray(logits)  # the flat indices assume C order
     N, V = logits.shape
     dtype = logits.dtype
+    targets = np.asarray(targets)
+    if targets.shape != (N,) or not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"targets must be {N} integer ids, got {targets.dtype} {targets.shape}")
+    if N and (targets.min() < 0 or targets.max() >= V):
+        raise IndexError(f"targets must lie in [0, {V})")
     flat = np.arange(0, N * V, V) + targets  # (N,) flat index of each row's target
     if out is not None:
-        _check_out(out, logits.shape, logits.dtype)
-        if np.shares_memory(out, logits):
-            raise ValueError("out must not overlap logits (rows far below the maximum are recomputed from them)")
+        _check_out(out, logits.shape, logits.dtype, logits)  # rows far below the maximum are redone from logits
     shift = logits.max()
     probs = np.subtract(logits, shift, out=out)  # (N, V), <= 0
     shifted_target = probs.reshape(-1)[flat]  # (N,)
     np.exp(probs, out=probs)
     sums = probs @ np.ones(V, dtype=dtype)  # (N,), >= exp(row max - shift)
-    info = np.finfo(dtype)
-    low = np.flatnonzero(sums < info.tiny / info.eps)
+    low = np.flatnonzero(sums < _MIN_SHIFTED_SUM)
     if low.size:  # rows far below the batch maximum: shift each by its own maximum
         sub = logits[low]
         sub = sub - sub.max(axis=1, keepdims=True)  # (n_low, V)

@@ -5,6 +5,7 @@ import pytest
 
 from charrnn import one_hot
 from charrnn.layers import (
+    PRODUCT_MAX_VOCAB,
     affine_backward,
     affine_forward,
     log_softmax,
@@ -33,9 +34,10 @@ def test_one_hot_rejects_out_of_range_and_non_integer_ids():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_row_lookup_equals_one_hot_product_forward_and_backward(dtype):
+@pytest.mark.parametrize("V", [11, PRODUCT_MAX_VOCAB + 40])  # the gradient's product path and its sort path
+def test_row_lookup_equals_one_hot_product_forward_and_backward(dtype, V):
     rng = np.random.default_rng(1)
-    V, H, T, B = 11, 6, 5, 4
+    H, T, B = 6, 5, 4
     ids = rng.integers(0, V, size=(T, B))
     ids[0, :] = 3  # repeated ids must accumulate in the scatter-add
     W = rng.standard_normal((V, H)).astype(dtype)
@@ -71,21 +73,27 @@ def test_softmax_and_loss_are_finite_for_huge_logits():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_cross_entropy_keeps_precision_for_rows_far_below_the_batch_maximum(dtype):
-    # exp is shifted by the batch maximum; rows 3000 below it would underflow to zero
-    # and must be redone with their own maximum, giving the row-wise reference exactly
+    # exp is shifted by the batch maximum, and rows far below it are redone with their
+    # own: 95 below, float32 row sums are subnormal (1 / sum overflows to inf); 3000
+    # below, they are 0 in either dtype. Fortran-ordered logits must work too.
     rng = np.random.default_rng(3)
     logits = rng.standard_normal((6, 4)) * 3
-    logits[1] += 3000.0
-    logits[4] -= 80.0  # far below, yet within float64's range: only float32 needs the redo
+    logits[1] -= 30.0
+    logits[2] -= 95.0
+    logits[4] -= 3000.0
     y = np.array([0, 1, 2, 3, 0, 1])
-    loss, d = softmax_cross_entropy(logits.astype(dtype), y)
     z = logits - logits.max(1, keepdims=True)
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     nll = np.log(np.exp(z).sum(1)) - z[np.arange(6), y]
     rtol = 1e-5 if dtype == np.float32 else 1e-12
-    assert loss == pytest.approx(nll.mean(), rel=rtol)
-    np.testing.assert_allclose(d, (p - one_hot(y, 4, np.float64)) / 6, rtol=rtol * 10, atol=rtol * 1e-3)
-    assert d.dtype == dtype
+    for lg in (logits.astype(dtype), np.asfortranarray(logits.astype(dtype))):
+        with np.errstate(over="raise", invalid="raise", divide="raise", under="ignore"):
+            loss, d = softmax_cross_entropy(lg, y)
+        assert loss == pytest.approx(nll.mean(), rel=rtol)
+        np.testing.assert_allclose(d, (p - one_hot(y, 4, np.float64)) / 6, rtol=rtol * 10, atol=rtol * 1e-3)
+        assert d.dtype == dtype
+    with pytest.raises(IndexError):
+        softmax_cross_entropy(logits, np.array([0, 1, 2, 3, 0, 4]))
 
 
 def test_cross_entropy_matches_the_definition_and_respects_the_mask():
@@ -142,3 +150,8 @@ def test_out_arrays_receive_the_same_results_and_bad_ones_are_refused():
             affine_forward(x, W, b, out=bad)
     with pytest.raises(ValueError):
         softmax_cross_entropy(logits, targets, out=logits)
+    base = np.empty(60)  # dx written over dout would corrupt dW and db
+    overlapping_dout = base[:24].reshape(3, 2, 4)
+    overlapping_dout[...] = dout
+    with pytest.raises(ValueError):
+        affine_backward(overlapping_dout, cache, out=base[20:50].reshape(3, 2, 5))

@@ -214,6 +214,17 @@ def test_stepper_follows_step_exactly(activation):
         np.testing.assert_allclose(stepper.h, h, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError):
         m.stepper(np.zeros((2, 4, 6)))
+    with pytest.raises(ValueError):  # one id for a stepper of 4 sequences
+        stepper.feed(np.array([1]))
+    with pytest.raises(ValueError):
+        stepper.feed_one(1)
+    # a stepper is a snapshot: later parameter updates do not reach it
+    single = m.stepper(h[:, :1])
+    before = single.feed_one(2).copy()
+    snapshot = m.stepper(h[:, :1])
+    for p in m.params.values():
+        p += 0.1
+    np.testing.assert_array_equal(snapshot.feed_one(2), before)
 
 
 def test_reused_work_arrays_change_no_result():

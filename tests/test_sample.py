@@ -78,14 +78,15 @@ def test_batched_samples_equal_single_samples_with_the_same_generators(monkeypat
     import charrnn.sampling as sample_module
 
     m, v = small_model()
-    batch = generate(m, v, 100, prime="ab", seed=5, num_samples=3, temperature=0.9, top_p=top_p)
-    assert len(set(batch)) == 3
-    assert batch[0] == generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0]
+    n = 600  # past two blocks of noise (256 steps each)
+    batch = generate(m, v, n, prime="ab", seed=5, num_samples=3, temperature=0.9, top_p=top_p)
+    assert len(set(batch)) == 3 and all(len(text) == n for text in batch)
+    assert batch[0] == generate(m, v, n, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0]
     # sample k draws from SeedSequence(seed, spawn_key=(k,)): replay each alone with that generator
     for k in range(3):
         rng = sample_rngs(5, 3)[k]
         monkeypatch.setattr(sample_module, "sample_rngs", lambda seed, n, r=rng: [r])
-        assert generate(m, v, 100, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0] == batch[k]
+        assert generate(m, v, n, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0] == batch[k]
 
 
 def test_bad_options_are_refused():
