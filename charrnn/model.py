@@ -29,6 +29,8 @@ from .layers import (
     RNNCache,
     activate_,
     affine_backward,
+    aligned_copy,
+    empty_aligned,
     affine_forward,
     onehot_affine_backward,
     onehot_affine_forward,
@@ -105,7 +107,7 @@ def init_params(
             w = rng.standard_normal(shape) / np.sqrt(H)
         else:  # biases
             w = np.zeros(shape)
-        params[name] = np.ascontiguousarray(w, dtype=dtype)
+        params[name] = aligned_copy(w, dtype)
     return params
 
 
@@ -158,7 +160,7 @@ class CharRNN:
             for name, shape in shapes.items():
                 if params[name].shape != shape:
                     raise ValueError(f"parameter {name} has shape {params[name].shape}, expected {shape}")
-            params = {name: np.ascontiguousarray(params[name], dtype=self.dtype) for name in shapes}
+            params = {name: aligned_copy(params[name], self.dtype) for name in shapes}
         self.params: dict[str, np.ndarray] = params
         self._buffers: dict[str, np.ndarray] = {}  # see _buffer
 
@@ -177,7 +179,9 @@ class CharRNN:
 
     def initial_state(self, batch_size: int) -> np.ndarray:
         """The zero state, (L, B, H)."""
-        return np.zeros((self.num_layers, batch_size, self.hidden_size), dtype=self.dtype)
+        h = empty_aligned((self.num_layers, batch_size, self.hidden_size), self.dtype)
+        h.fill(0)
+        return h
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A work array kept from call to call (reallocated when its shape changes).
@@ -189,7 +193,7 @@ class CharRNN:
         """
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = np.empty(shape, dtype=self.dtype)
+            buf = self._buffers[name] = empty_aligned(shape, self.dtype)
         return buf
 
     # ------------------------------------------------------------------ checks
@@ -362,20 +366,25 @@ class Stepper:
         self.f = np.tanh if model.activation == "tanh" else functools.partial(np.maximum, 0)
         # (V, H) x_t Wxh for a one-hot x_t: a row (bh is in the product). A copy, like the fused
         # weights: a stepper is a snapshot of the model, unaffected by later parameter updates
-        self.embed = p["layers.0.Wxh"].copy()
+        self.embed = aligned_copy(p["layers.0.Wxh"])
         self.K = K
         self.layers = []
+        Kp = -(-(H + 1) // 16) * 16  # [h, 1] padded with zeros to whole 64-byte lines: rows stay aligned
         for i in range(L):
             top = i == L - 1
             W_above = p["Why"] if top else p[f"layers.{i + 1}.Wxh"]  # (H, D) with D = V or H
             b_above = p["by"] if top else np.zeros(H, dtype)  # a layer's bh rides on its own Whh block
-            # (H+1, H+D), stored transposed: the matrix-vector product runs ~15% faster that way
-            W = np.empty((H + W_above.shape[1], H + 1), dtype).T
+            # (Kp, H+D): rows [Whh, W_above], then [bh, b_above], then zeros. Stored transposed
+            # and 64-byte aligned: the matrix-vector product runs ~15% faster each way
+            W = empty_aligned((H + W_above.shape[1], Kp), dtype).T
+            W.fill(0)
             W[:H, :H], W[:H, H:] = p[f"layers.{i}.Whh"], W_above
             W[H, :H], W[H, H:] = p[f"layers.{i}.bh"], b_above
-            hbuf = np.ones((K, H + 1), dtype)  # (K, H+1): [h_t, 1]; the 1 stays
-            hbuf[:, :H] = h[i]
-            z = hbuf @ W  # (K, H+D): [h Whh + bh, h W_above + b_above]
+            hbuf = empty_aligned((K, Kp), dtype)  # (K, Kp): [h_t, 1, 0...]; the 1 and the zeros stay
+            hbuf.fill(0)
+            hbuf[:, :H], hbuf[:, H] = h[i], 1
+            z = empty_aligned((K, W.shape[1]), dtype)  # (K, H+D): [h Whh + bh, h W_above + b_above]
+            np.dot(hbuf, W, out=z)
             # views fixed once: (full [h, 1] buffer, its h part, weights, product, its two parts)
             self.layers.append((hbuf, hbuf[:, :H], W, z, z[:, :H], z[:, H:]))
         # the same buffers as 1-D views of their first row, for feed_one

@@ -155,3 +155,20 @@ def test_out_arrays_receive_the_same_results_and_bad_ones_are_refused():
     overlapping_dout[...] = dout
     with pytest.raises(ValueError):
         affine_backward(overlapping_dout, cache, out=base[20:50].reshape(3, 2, 5))
+
+
+def test_engine_arrays_start_on_cache_lines():
+    from charrnn import CharRNN
+    from charrnn.layers import ALIGN, aligned_copy, empty_aligned
+
+    for shape, dtype in (((100, 64, 512), np.float32), ((3,), np.float64), (7, np.float32)):
+        a = empty_aligned(shape, dtype)
+        assert a.ctypes.data % ALIGN == 0 and a.flags.c_contiguous and a.dtype == dtype
+        assert a.shape == ((shape,) if isinstance(shape, int) else shape)
+    src = np.arange(12.0).reshape(3, 4).T
+    c = aligned_copy(src, np.float32)
+    assert c.ctypes.data % ALIGN == 0 and c.flags.c_contiguous and np.array_equal(c, src)
+    m = CharRNN(7, 40, 2)
+    assert all(p.ctypes.data % ALIGN == 0 for p in m.params.values())
+    stepper = m.stepper(m.initial_state(3))
+    assert all(layer[0].ctypes.data % ALIGN == 0 and layer[0].strides[0] % ALIGN == 0 for layer in stepper.layers)
