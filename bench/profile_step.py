@@ -24,6 +24,8 @@ from charrnn.config import TrainConfig  # noqa: E402
 from charrnn.layers import (  # noqa: E402
     affine_backward,
     affine_forward,
+    aligned_copy,
+    empty_aligned,
     onehot_affine_backward,
     onehot_affine_forward,
     rnn_backward,
@@ -48,7 +50,7 @@ def main() -> None:
     x, y = rng.integers(0, V, (B, T)), rng.integers(0, V, (B, T))
     tc, state = TrainConfig(), init_state("adam", p)
     totals: dict[str, float] = {}
-    h0 = np.zeros((B, H), np.float32)
+    h0 = model.initial_state(B)[0]
     for it in range(a.steps + 3):
         marks = [("start", time.perf_counter())]
         mark = lambda name, marks=marks: marks.append((name, time.perf_counter()))  # noqa: E731
@@ -92,7 +94,7 @@ def main() -> None:
 def gemm_floor(H: int, B: int, T: int, V: int, rng: np.random.Generator) -> float:
     """Seconds per step that the step's matrix products take alone, each timed in isolation at its shape."""
     N = T * B
-    m = lambda *shape: rng.standard_normal(shape, dtype=np.float32)  # noqa: E731
+    m = lambda *shape: aligned_copy(rng.standard_normal(shape, dtype=np.float32))  # noqa: E731, as the engine's arrays
     h, W, hs, da, dl = m(B, H), m(H, H), m(N, H), m(N, H), m(N, V)
     Why, sel = m(H, V), m(V, N)
     products = [  # (count per step, operands): the loops' step products, then the one-off ones
@@ -106,7 +108,7 @@ def gemm_floor(H: int, B: int, T: int, V: int, rng: np.random.Generator) -> floa
     ]
     total = 0.0
     for count, x, y in products:
-        out = np.empty((x.shape[0], y.shape[1]), np.float32)
+        out = empty_aligned((x.shape[0], y.shape[1]), np.float32)
         np.matmul(x, y, out=out)
         reps = max(3, int(2e8 / (2 * x.shape[0] * x.shape[1] * y.shape[1])))
         t0 = time.perf_counter()
