@@ -160,7 +160,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rows", default="0,1,2,3", help="which model sizes (indices into ROWS)")
-    ap.add_argument("--sample-chars", type=int, default=3000)
+    ap.add_argument("--sample-chars", type=int, default=5000)
     ap.add_argument("--no-torch", action="store_true", help="time charrnn alone")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", choices=["ours", "torch"], help=argparse.SUPPRESS)
@@ -224,7 +224,7 @@ def main() -> None:
     vocab = Vocab(tuple(chr(32 + i) for i in range(V)))
     model = CharRNN(V, 512, 1, seed=0)
     ours_s, torch_s = [], []
-    for _ in range(3):
+    for _ in range(args.repeats):
         t0 = time.perf_counter()
         generate(model, vocab, args.sample_chars, seed=0)
         ours_s.append(args.sample_chars / (time.perf_counter() - t0))
