@@ -347,7 +347,7 @@ class Stepper:
     times the weights above it (the next layer's Wxh, or Why). Here both are one
     product, [h_t, 1] @ [[Whh, W_above], [bh, b_above]], with the biases in an extra
     row so that they cost nothing: a one-layer step is then one (H+1, H+V)
-    matrix-vector product (15 us of the ~19 us per sampled character at hidden 512), a row
+    matrix-vector product (11.5 us of the ~16 us per sampled character at hidden 512), a row
     lookup, an add and the activation. Same model, same numbers as ``step`` up to
     float rounding.
 
