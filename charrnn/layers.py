@@ -70,7 +70,7 @@ def aligned_copy(a, dtype=None) -> np.ndarray:
 
 
 def _check_out(out: np.ndarray, shape: tuple, dtype, *inputs: np.ndarray) -> np.ndarray:
-    """An `out=` array: C-contiguous, the result's exact shape and dtype (reshapes stay views), apart from the inputs."""
+    """Check an `out=` array: C-contiguous (reshapes stay views), the exact shape and dtype, apart from the inputs."""
     if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
         raise ValueError(
             f"out must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, got {out.dtype} {out.shape}"

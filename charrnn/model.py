@@ -29,9 +29,9 @@ from .layers import (
     RNNCache,
     activate_,
     affine_backward,
+    affine_forward,
     aligned_copy,
     empty_aligned,
-    affine_forward,
     onehot_affine_backward,
     onehot_affine_forward,
     rnn_backward,
@@ -188,8 +188,8 @@ class CharRNN:
 
         `loss_and_grads` and `loss` run on these: their caches never leave the call, so
         the (T, B, H) activations and gradients need not be fresh memory each step, and
-        reused memory is warm (measured: 3% of a step at H256, 6% at H512). Hence one
-        model must not run two of those calls at once from two threads.
+        reused memory is warm (+1-6% per step in interleaved runs, most at H512). Hence
+        one model must not run two of those calls at once from two threads.
         """
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape:
@@ -296,7 +296,9 @@ class CharRNN:
             mask = mask.T.reshape(-1)  # (T*B,) time-major like the logits
         hs, proj_caches, rnn_caches = self._hidden_states(np.ascontiguousarray(x.T), h0, buffer)
         V = self.vocab_size
-        logits, dlogits = (None, None) if buffer is None else (buffer("logits", (T, B, V)), buffer("dlogits", (T * B, V)))
+        logits = dlogits = None
+        if buffer is not None:
+            logits, dlogits = buffer("logits", (T, B, V)), buffer("dlogits", (T * B, V))
         logits, out_cache = affine_forward(hs, self.params["Why"], self.params["by"], out=logits)  # (T, B, V)
         loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1), mask, out=dlogits)
         h_last = np.stack([c.hs[-1] for c in rnn_caches])  # (L, B, H), a copy
@@ -319,7 +321,8 @@ class CharRNN:
             if i == 0:
                 grads["layers.0.Wxh"], grads["layers.0.bh"] = onehot_affine_backward(da, cache.proj[0])
             else:
-                dx = None if buffer is None else buffer(f"dhs.{i - 1}", (T, B, H))  # not da's buffer: read while written
+                # dhs of the layer below: not da's buffer, which is read while this is written
+                dx = None if buffer is None else buffer(f"dhs.{i - 1}", (T, B, H))
                 dhs, grads[f"layers.{i}.Wxh"], grads[f"layers.{i}.bh"] = affine_backward(da, cache.proj[i], out=dx)
         return {name: grads[name] for name in self.params}, dh0
 

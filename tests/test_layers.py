@@ -145,7 +145,8 @@ def test_out_arrays_receive_the_same_results_and_bad_ones_are_refused():
     np.testing.assert_array_equal(d, softmax_cross_entropy(logits, targets)[1])
     with pytest.raises(IndexError):
         onehot_affine_forward(np.array([[5]]), W, b, out=np.empty((1, 1, 4)))
-    for bad in (np.empty((3, 2, 4), np.float32), np.empty((3, 2, 3)), np.empty((3, 2, 8))[..., ::2]):  # dtype, shape, layout
+    # a wrong dtype, a wrong shape, a strided layout
+    for bad in (np.empty((3, 2, 4), np.float32), np.empty((3, 2, 3)), np.empty((3, 2, 8))[..., ::2]):
         with pytest.raises(ValueError):
             affine_forward(x, W, b, out=bad)
     with pytest.raises(ValueError):

@@ -179,7 +179,8 @@ def test_unfiltered_draws_follow_the_softmax():
     expected = probabilities(Fixed.logits, 2.0)[0]
     # one sample (the 1-D loop) and a batch of two (the batched loop)
     for k in (1, 2):
-        texts = sampling.generate(Fixed(), Vocab(tuple("abcd")), 40000, prime="a", temperature=2.0, seed=0, num_samples=k)
+        vocab = Vocab(tuple("abcd"))
+        texts = sampling.generate(Fixed(), vocab, 40000, prime="a", temperature=2.0, seed=0, num_samples=k)
         for text in texts:
             freq = np.array([text.count(c) for c in "abcd"]) / len(text)
             np.testing.assert_allclose(freq, expected, atol=0.01)
