@@ -32,6 +32,7 @@ from .layers import (
     affine_forward,
     aligned_copy,
     empty_aligned,
+    zeros_aligned,
     onehot_affine_backward,
     onehot_affine_forward,
     rnn_backward,
@@ -179,9 +180,7 @@ class CharRNN:
 
     def initial_state(self, batch_size: int) -> np.ndarray:
         """The zero state, (L, B, H)."""
-        h = empty_aligned((self.num_layers, batch_size, self.hidden_size), self.dtype)
-        h.fill(0)
-        return h
+        return zeros_aligned((self.num_layers, batch_size, self.hidden_size), self.dtype)
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A work array kept from call to call (reallocated when its shape changes).
@@ -379,12 +378,10 @@ class Stepper:
             b_above = p["by"] if top else np.zeros(H, dtype)  # a layer's bh rides on its own Whh block
             # (Kp, H+D): rows [Whh, W_above], then [bh, b_above], then zeros. Stored transposed
             # and 64-byte aligned: the matrix-vector product runs ~15% faster each way
-            W = empty_aligned((H + W_above.shape[1], Kp), dtype).T
-            W.fill(0)
+            W = zeros_aligned((H + W_above.shape[1], Kp), dtype).T
             W[:H, :H], W[:H, H:] = p[f"layers.{i}.Whh"], W_above
             W[H, :H], W[H, H:] = p[f"layers.{i}.bh"], b_above
-            hbuf = empty_aligned((K, Kp), dtype)  # (K, Kp): [h_t, 1, 0...]; the 1 and the zeros stay
-            hbuf.fill(0)
+            hbuf = zeros_aligned((K, Kp), dtype)  # (K, Kp): [h_t, 1, 0...]; the 1 and the zeros stay
             hbuf[:, :H], hbuf[:, H] = h[i], 1
             z = empty_aligned((K, W.shape[1]), dtype)  # (K, H+D): [h Whh + bh, h W_above + b_above]
             np.dot(hbuf, W, out=z)

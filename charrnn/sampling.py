@@ -92,6 +92,17 @@ def draw(p: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
 _NOISE_BLOCK = 256  # Gumbel noise is drawn this many steps at a time
 
 
+def _scaled_gumbel(rng: np.random.Generator, steps: int, V: int, temperature: float) -> np.ndarray:
+    """T * G for the next `steps` draws, (steps, V) float64, G iid standard Gumbel.
+
+    -log E is standard Gumbel for E ~ Exp(1), 3x cheaper than rng.gumbel; one call
+    for many steps consumes the same stream as one call per step.
+    """
+    noise = np.log(rng.standard_exponential((steps, V)))
+    noise *= -temperature
+    return noise
+
+
 def generate(
     model: CharRNN,
     vocab: Vocab,
@@ -132,7 +143,6 @@ def generate(
         return [vocab.decode(_generate_one(stepper, logits[0], n, rngs[0], temperature, argmax, on_step, chars))]
     out = np.empty((K, n), dtype=np.int64)
     scores = np.empty((K, V))  # (K, V) logits + noise, float64
-    noise = np.empty((0, K, V))
     for t in range(n):
         if argmax:
             nxt = logits.argmax(axis=-1)
@@ -140,10 +150,9 @@ def generate(
             nxt = draw(probabilities(logits, temperature, top_k, top_p), rngs)
         else:  # Gumbel-max: argmax(z / T + G) = argmax(z + T G), G iid standard Gumbel, is a draw from softmax(z / T)
             j = t % _NOISE_BLOCK
-            if j == 0:  # noise for the next steps, drawn per sample in one call: the stream of one call per step
+            if j == 0:  # t = 0 included: the noise of the next steps, per sample
                 block = min(_NOISE_BLOCK, n - t)
-                noise = np.log(np.stack([r.standard_exponential((block, V)) for r in rngs], axis=1))  # (block, K, V)
-                noise *= -temperature  # -log E is standard Gumbel for E ~ Exp(1): 3x cheaper than rng.gumbel
+                noise = np.stack([_scaled_gumbel(r, block, V, temperature) for r in rngs], axis=1)  # (block, K, V)
             nxt = np.add(noise[j], logits, out=scores).argmax(axis=-1)
         out[:, t] = nxt
         if on_step is not None:
@@ -164,12 +173,9 @@ def _generate_one(stepper, logits, n, rng, temperature, argmax, on_step, chars) 
     V = logits.shape[-1]
     scores = np.empty(V)  # float64: logits + noise
     for start in range(0, n, _NOISE_BLOCK):
-        shape = (min(_NOISE_BLOCK, n - start), V)
-        if argmax:
-            noise = np.zeros(shape)  # argmax(logits + 0) is the greedy choice
-        else:  # Gumbel-max, as in generate
-            noise = np.log(rng.standard_exponential(shape))  # (block, V)
-            noise *= -temperature
+        block = min(_NOISE_BLOCK, n - start)
+        # argmax(logits + 0) is the greedy choice; otherwise Gumbel-max, as in generate
+        noise = np.zeros((block, V)) if argmax else _scaled_gumbel(rng, block, V, temperature)  # (block, V)
         for row in noise:
             c = int(np.add(row, logits, out=scores).argmax())
             ids.append(c)
