@@ -4,7 +4,7 @@ Keys of the archive:
 
     layers.0.Wxh, ..., Why, by   the parameters, named exactly as in CharRNN.params
     optim.<slot>.<param name>    optimizer state (for example optim.m.Why)
-    state.h                      the hidden state carried into the next window (L, B, H)
+    state.h                      the state carried into the next window (L, B, S)
     meta                         a JSON document (as a 0-d unicode array): format and
                                  version, the resolved config, the vocabulary, the step,
                                  the data position, the random generator state, the
@@ -12,7 +12,11 @@ Keys of the archive:
 
 Reading never unpickles (allow_pickle=False): an archive holding object arrays is
 refused. Every array is checked against the architecture in the stored config
-before use. Writing goes to a temporary file in the same folder, is flushed to
+before use.
+
+Format versions: 1 (charrnn 0.1.0) knew only the vanilla cell and its config has
+no model.cell or model.dropout; it is read as cell rnn without dropout, which is
+what it was. 2 adds them. Writing goes to a temporary file in the same folder, is flushed to
 disk, then renamed over the old file, so a crash at any moment leaves either the
 old or the new checkpoint, never a broken one.
 """
@@ -28,13 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .cells import make_cell
 from .config import ConfigError, config_from_json
 from .data import DataError, Vocab
 from .errors import CharRNNError
 from .model import DTYPES, CharRNN, param_shapes
 
 FORMAT = "charrnn-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 BEST, LAST = "best.npz", "last.npz"
 
 
@@ -63,7 +68,8 @@ class Checkpoint:
         return int(self.meta["step"])
 
     def model(self) -> CharRNN:
-        return CharRNN.from_params(self.params, self.meta["config"]["model"]["activation"])
+        m = self.config.model
+        return CharRNN.from_params(self.params, m.cell, m.activation, m.dropout)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -115,9 +121,9 @@ def save(path: str | os.PathLike, params, meta: dict, optim_state=None, h=None) 
         pass
 
 
-def _expected_shapes(meta: dict) -> dict[str, tuple[int, ...]]:
-    m = meta["config"]["model"]
-    return param_shapes(len(meta["vocab"]["chars"]), m["hidden_size"], m["num_layers"])
+def _expected_shapes(config, vocab: Vocab) -> dict[str, tuple[int, ...]]:
+    m = config.model
+    return param_shapes(vocab.size, m.hidden_size, m.num_layers, m.cell)
 
 
 MAX_META_CHARS = 16 << 20  # the JSON record; a real one is a few kB plus the history
@@ -220,9 +226,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
             meta = _read_meta(z)
             config = config_from_json(meta["config"])
             vocab = Vocab.from_json(meta["vocab"])
-            shapes = _expected_shapes(meta)
-            if vocab.size != shapes["by"][0]:
-                raise CheckpointError(f"{p}: vocabulary and parameters disagree")
+            shapes = _expected_shapes(config, vocab)
             dtype = np.dtype(DTYPES[config.model.dtype])
             params = {name: _finite(z.read(name, shape, dtype), name, p) for name, shape in shapes.items()}
             optim_state, h = {}, None
@@ -235,7 +239,8 @@ def load(path: str | os.PathLike) -> Checkpoint:
                     optim_state[slot_name] = _finite(z.read(key, shapes[pname], dtype), key, p)
                 elif key == "state.h":
                     m = config.model
-                    h = _finite(z.read(key, (m.num_layers, config.train.batch_size, m.hidden_size), dtype), key, p)
+                    S = make_cell(m.cell, m.activation).state_size(m.hidden_size)
+                    h = _finite(z.read(key, (m.num_layers, config.train.batch_size, S), dtype), key, p)
                 elif key != "meta" and key not in shapes:
                     raise CheckpointError(f"{p}: unexpected array {key}")
     except CheckpointError:

@@ -69,10 +69,20 @@ class Activation(str, Enum):
     relu = "relu"
 
 
+def _cell_enum() -> type[Enum]:
+    from .cells import CELL_NAMES  # the registry's names only: no cell (and no numpy) is imported
+
+    return Enum("Cell", {name: name for name in CELL_NAMES}, type=str)
+
+
+Cell = _cell_enum()
+
+
 # Shared options --------------------------------------------------------------
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random generator.")]
-ActivationOpt = Annotated[Activation, typer.Option("--activation", help="Hidden-unit nonlinearity.")]
+ActivationOpt = Annotated[Activation, typer.Option("--activation", help="Hidden-unit nonlinearity (relu: cell rnn only).")]
+CellOpt = Annotated[Cell, typer.Option("--cell", help="Recurrent cell.")]
 HiddenOpt = Annotated[int, typer.Option("--hidden", min=1, help="Hidden units per layer.")]
 LayersOpt = Annotated[int, typer.Option("--layers", min=1, help="Number of stacked recurrent layers.")]
 
@@ -110,6 +120,12 @@ def _top_p(value: Optional[float]) -> Optional[float]:
 def _fraction(value: float) -> float:
     if not 0 < value < 1:
         raise typer.BadParameter(f"must lie in (0, 1), got {value}")
+    return value
+
+
+def _probability(value: float) -> float:
+    if not 0 <= value < 1:
+        raise typer.BadParameter(f"must lie in [0, 1), got {value}")
     return value
 
 
@@ -400,7 +416,11 @@ class _StdoutWriter:
 
 @app.command()
 def gradcheck(
+    cell: CellOpt = Cell.rnn,
     activation: ActivationOpt = Activation.tanh,
+    dropout: Annotated[
+        float, typer.Option("--dropout", callback=_probability, help="Dropout probability, checked with fixed masks.")
+    ] = 0.0,
     hidden: HiddenOpt = 10,
     layers: LayersOpt = 2,
     vocab: Annotated[int, typer.Option("--vocab", min=2, help="Vocabulary size.")] = 7,
@@ -410,7 +430,7 @@ def gradcheck(
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Largest relative error that passes.")] = 1e-6,
     eps: Annotated[
         Optional[float],
-        typer.Option("--eps", callback=_positive, help="Difference step [default: 1e-3 for tanh, 1e-5 for relu]."),
+        typer.Option("--eps", callback=_positive, help="Difference step [default: 1e-3, 1e-5 for relu]."),
     ] = None,
     max_checks: Annotated[
         int, typer.Option("--max-checks", min=0, help="Entries compared per array, drawn at random; 0 = all.")
@@ -421,12 +441,15 @@ def gradcheck(
 
     Exit 0 when every array passes, 1 otherwise.
     """
+    from .cells import cell_class
     from .gradcheck import gradcheck as run_gradcheck
 
+    if activation.value not in cell_class(cell.value).activations:
+        raise typer.BadParameter(f"--activation {activation.value} does not fit --cell {cell.value} (relu: rnn only)")
     with _user_errors():
         result = run_gradcheck(
-            vocab=vocab, hidden=hidden, layers=layers, batch=batch, seq=seq, activation=activation.value,
-            seed=seed, tol=tol, eps=eps, max_checks=max_checks or None,
+            vocab=vocab, hidden=hidden, layers=layers, batch=batch, seq=seq, cell=cell.value,
+            activation=activation.value, dropout=dropout, seed=seed, tol=tol, eps=eps, max_checks=max_checks or None,
         )
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -435,8 +458,9 @@ def gradcheck(
 
         s = result.settings
         table = Table(
-            title=f"gradcheck: {s['activation']}, {s['layers']} layer(s), V={s['vocab']} H={s['hidden']} "
-            f"B={s['batch']} T={s['seq']}, float64, eps={result.eps:g}",
+            title=f"gradcheck: {s['cell']}" + (f" ({s['activation']})" if s["cell"] == "rnn" else "")
+            + f", {s['layers']} layer(s), V={s['vocab']} H={s['hidden']} B={s['batch']} T={s['seq']}"
+            + (f", dropout {s['dropout']:g}" if s["dropout"] else "") + f", float64, eps={result.eps:g}",
         )
         table.add_column("parameter")
         table.add_column("shape")

@@ -2,7 +2,7 @@
 
     data: data/shakespeare          # folder written by `charrnn prepare`
     out_dir: runs/shakespeare       # checkpoints and metrics (default: runs/<config file stem>)
-    model:  {hidden_size, num_layers, activation, dtype}
+    model:  {cell, hidden_size, num_layers, activation, dropout, dtype}
     train:  {batch_size, seq_length, max_steps, optimizer, learning_rate, ...}
 
 Validation happens up front: an unknown key is an error that names the closest
@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from .cells import CELL_NAMES, cell_class
 from .errors import CharRNNError
 
 
@@ -31,9 +32,11 @@ class ConfigError(CharRNNError):
 
 @dataclass
 class ModelConfig:
+    cell: str = "rnn"  # rnn | lstm | gru
     hidden_size: int = 256
     num_layers: int = 1
-    activation: str = "tanh"  # tanh | relu
+    activation: str = "tanh"  # tanh | relu (relu for cell rnn only)
+    dropout: float = 0.0  # probability of dropping each unit of every layer's output, in training
     dtype: str = "float32"  # float32 | float64
 
 
@@ -79,6 +82,7 @@ class Config:
 
 
 CHOICES = {
+    "model.cell": CELL_NAMES,
     "model.activation": ("tanh", "relu"),
     "model.dtype": ("float32", "float64"),
     "train.optimizer": ("sgd", "momentum", "adagrad", "rmsprop", "adam"),
@@ -94,7 +98,7 @@ NON_NEGATIVE = {
     "train.sample_chars", "train.seed",
 }  # fmt: skip
 UNIT_INTERVAL = {  # must lie in [0, 1)
-    "train.momentum", "train.beta1", "train.beta2", "train.rms_decay",
+    "model.dropout", "train.momentum", "train.beta1", "train.beta2", "train.rms_decay",
 }
 FRACTION = {"train.min_lr_frac", "train.lr_decay"}  # must lie in [0, 1]
 
@@ -213,6 +217,12 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
                 setattr(section, sub, v)
         else:
             setattr(cfg, key, _coerce(key, value, str(top_fields[key].type)))
+    allowed = cell_class(cfg.model.cell).activations
+    if cfg.model.activation not in allowed:
+        raise ConfigError(
+            f"model.activation {cfg.model.activation!r} does not fit model.cell {cfg.model.cell!r}, "
+            f"which takes {', '.join(allowed)}" + (" (relu is for cell rnn only)" if cfg.model.activation == "relu" else "")
+        )
     if not cfg.data:
         raise ConfigError("the config needs 'data': the folder written by `charrnn prepare`")
     cfg.out_dir = cfg.out_dir or default_out_dir

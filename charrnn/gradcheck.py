@@ -1,11 +1,13 @@
 """Numerical gradient check: the analytic BPTT gradients against centered differences.
 
-`gradcheck` builds a small float64 model and a random batch with everything the
-training path meets: a non-zero initial state carried into the window, a mask
+`gradcheck` builds a small float64 model (with random non-zero biases) and a
+random batch with everything the training path meets: a non-zero initial state carried into the window, a mask
 with masked positions in the middle of sequences (the state still flows through
 them), and, for more than one layer, the gradient from upper layers into lower
-ones. It compares every gradient of `CharRNN.backward`, the one into the initial
-state h0 included, with
+ones, and, with dropout, a fixed set of dropout masks (every evaluation of the
+loss draws them from a generator seeded alike). It works for every cell. It
+compares every gradient of `CharRNN.backward`, the one into the initial state h0
+included, with
 
     (-L(theta + 2 eps e_i) + 8 L(theta + eps e_i) - 8 L(theta - eps e_i) + L(theta - 2 eps e_i)) / (12 eps)
 
@@ -30,8 +32,8 @@ import numpy as np
 
 from .model import CharRNN
 
-# Step of the differences per activation (see `gradcheck`)
-DEFAULT_EPS = {"tanh": 1e-3, "relu": 1e-5}
+# Step of the differences: smooth cells (tanh, sigmoid) take a large one, relu a small one (see `gradcheck`)
+SMOOTH_EPS, KINK_EPS = 1e-3, 1e-5
 
 # Entries below this fraction of their array's largest gradient are judged against that scale.
 RELATIVE_FLOOR = 1e-3
@@ -112,13 +114,11 @@ def numeric_gradient(f, x: np.ndarray, indices, eps: float) -> np.ndarray:
 
 def make_problem(model: CharRNN, batch: int, seq: int, rng: np.random.Generator):
     """A random batch (x, y, h0, mask) exercising every path of the gradient."""
-    V, L, H = model.vocab_size, model.num_layers, model.hidden_size
+    V, L, S = model.vocab_size, model.num_layers, model.state_size
     x = rng.integers(0, V, size=(batch, seq))
     y = rng.integers(0, V, size=(batch, seq))
-    h0 = rng.uniform(-0.5, 0.5, size=(L, batch, H))
-    if model.activation == "tanh":
-        h0 = np.tanh(h0)
-    else:
+    h0 = rng.uniform(-0.5, 0.5, size=(L, batch, S))  # every part of the state (lstm: h and c) non-zero
+    if not model.cell.smooth:
         h0 = np.abs(h0)  # a relu state is never negative
     mask = np.ones((batch, seq))
     if seq > 2:
@@ -133,7 +133,9 @@ def gradcheck(
     layers: int = 2,
     batch: int = 3,
     seq: int = 6,
+    cell: str = "rnn",
     activation: str = "tanh",
+    dropout: float = 0.0,
     seed: int = 0,
     tol: float = 1e-6,
     eps: float | None = None,
@@ -142,28 +144,39 @@ def gradcheck(
 ) -> GradcheckResult:
     """Compare analytic and numerical gradients for every parameter and for h0.
 
-    eps defaults to DEFAULT_EPS[activation]: 1e-3 for tanh (smooth, so a large step
-    keeps rounding noise down), 1e-5 for relu (a larger step would cross its kink
-    at 0 for some pre-activations and compare slopes of two different pieces).
+    eps defaults to 1e-3 for smooth cells (tanh and sigmoid: a large step keeps
+    rounding noise down), 1e-5 for relu (a larger step would cross its kink at 0 for
+    some pre-activations and compare slopes of two different pieces). With dropout
+    p > 0 every loss evaluation uses the same masks, drawn from a generator seeded
+    from `seed`, so the gradient of one fixed thinned network is checked.
     max_checks caps the entries compared per array (chosen at random with the
     seeded generator); None compares every entry. A given `model` (float64
     recommended) is checked instead of a freshly built one.
     """
     rng = np.random.default_rng(seed)
     if model is None:
-        model = CharRNN(vocab, hidden, layers, activation, seed=seed, dtype=np.float64)
-    eps = DEFAULT_EPS[model.activation] if eps is None else eps
+        model = CharRNN(vocab, hidden, layers, cell, activation, dropout, seed=seed, dtype=np.float64)
+        # non-zero biases: zeros would hide a bias counted in the wrong place (GRU's bhn), and with relu
+        # and dropout an all-dropped input makes pre-activations exactly 0, on relu's kink
+        bias_rng = np.random.default_rng([seed, 2])
+        for p in model.params.values():
+            if p.ndim == 1:
+                p += bias_rng.uniform(-0.5, 0.5, p.shape)
+    eps = (SMOOTH_EPS if model.cell.smooth else KINK_EPS) if eps is None else eps
     x, y, h0, mask = make_problem(model, batch, seq, rng)
     h0 = h0.astype(model.dtype)
 
-    loss, cache, _ = model.forward_loss(x, y, h0, mask)
+    def masks():  # the same dropout masks at every call (None: no dropout)
+        return np.random.default_rng([seed, 1]) if model.dropout > 0 else None
+
+    loss, cache, _ = model.forward_loss(x, y, h0, mask, rng=masks())
     grads, dh0 = model.backward(cache)
     arrays = dict(model.params)
     analytic = dict(grads)
     arrays["h0"], analytic["h0"] = h0, dh0
 
     def f() -> float:
-        return model.forward_loss(x, y, h0, mask)[0]
+        return model.forward_loss(x, y, h0, mask, rng=masks())[0]
 
     checks = []
     for name, arr in arrays.items():
@@ -179,6 +192,7 @@ def gradcheck(
         checks.append(ParamCheck(name, tuple(arr.shape), int(idx.size), worst, bool(worst <= tol)))
     settings = dict(
         vocab=model.vocab_size, hidden=model.hidden_size, layers=model.num_layers, batch=batch, seq=seq,
-        activation=model.activation, seed=seed, dtype=str(model.dtype), loss=loss,
+        cell=model.cell.name, activation=model.activation, dropout=model.dropout, seed=seed,
+        dtype=str(model.dtype), loss=loss,
     )
     return GradcheckResult(checks, tol, eps, settings)

@@ -1,4 +1,6 @@
-"""Pure NumPy layers of the char-RNN: forward and backward passes, no state, no I/O.
+"""Pure NumPy layers shared by every cell: input projections, the loss, aligned arrays. No state, no I/O.
+
+The recurrences themselves live one per module in charrnn/cells.
 
 Every layer is a pair of pure functions in the CS231n style:
 
@@ -20,9 +22,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-
-ACTIVATIONS = ("tanh", "relu")
-
 
 def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
     """Encode integer ids of any shape (...) as one-hot vectors of shape (..., V).
@@ -194,85 +193,6 @@ def affine_backward(dout: np.ndarray, cache: AffineCache, out: np.ndarray | None
     dW = x2.T @ d2
     db = np.ones(d2.shape[0], dtype=d2.dtype) @ d2  # column sums as one matrix-vector product (short rows sum slowly)
     return dx, dW, db
-
-
-# ---------------------------------------------------------------------------
-# The recurrence
-# ---------------------------------------------------------------------------
-
-
-def activate_(a: np.ndarray, activation: str) -> np.ndarray:
-    """Apply the nonlinearity in place: tanh, or relu = max(a, 0). Returns a."""
-    if activation == "tanh":
-        return np.tanh(a, out=a)
-    return np.maximum(a, 0, out=a)
-
-
-class RNNCache(NamedTuple):
-    hs: np.ndarray  # (T, B, H) hidden states h_1..h_T (the activations, not the pre-activations)
-    h0: np.ndarray  # (B, H) state before the first step
-    Whh: np.ndarray  # (H, H)
-    activation: str
-
-
-def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str = "tanh"):
-    """Run h_t = f(a_t + h_{t-1} @ Whh) for t = 1..T.
-
-    a: (T, B, H) input pre-activations x_t Wxh + bh, already computed for all steps
-    with one large product. It is overwritten: its memory becomes the output hs.
-    h0: (B, H); Whh: (H, H). Returns hs (T, B, H) and a cache.
-
-    Only f(a) is kept: both derivatives are functions of the output
-    (tanh' = 1 - h^2, relu' = [h > 0]), so the pre-activations need no storage.
-    """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    T = a.shape[0]
-    hs = a  # in place: a_t is consumed before h_t is written over it
-    rec = empty_aligned(h0.shape, h0.dtype)  # (B, H) buffer for h_{t-1} @ Whh
-    h_prev = h0
-    for t in range(T):
-        np.matmul(h_prev, Whh, out=rec)
-        at = hs[t]
-        at += rec
-        activate_(at, activation)
-        h_prev = at
-    return hs, RNNCache(hs, h0, Whh, activation)
-
-
-def rnn_backward(dhs: np.ndarray, cache: RNNCache):
-    """Backpropagation through time for `rnn_forward`: gradients for (a, h0, Whh).
-
-    dhs: (T, B, H) gradient of the loss with respect to each h_t from above (the
-    output layer or the next layer up). It is overwritten and returned as da.
-
-    Going backwards, the gradient into h_t is the one from above plus the one
-    coming back from step t+1 through Whh:  dh_t = dhs_t + da_{t+1} @ Whh^T,
-    and da_t = dh_t * f'(a_t). The weight gradient then needs no loop:
-    dWhh = sum_t h_{t-1}^T da_t, one (H, N) x (N, H) product over all steps.
-    """
-    hs, h0, Whh, activation = cache
-    T = hs.shape[0]
-    da = dhs  # in place: dhs_t is consumed before da_t is written over it
-    carry = zeros_aligned(h0.shape, h0.dtype)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
-    fprime = empty_aligned(h0.shape, h0.dtype)  # (B, H) f'(a_t), computed while h_t is in cache
-    WhhT = aligned_copy(Whh.T)  # a C-ordered copy: the step product runs ~20% faster than on the view
-    for t in range(T - 1, -1, -1):
-        dt, ht = da[t], hs[t]
-        dt += carry
-        if activation == "tanh":
-            np.multiply(ht, ht, out=fprime)
-            np.subtract(1, fprime, out=fprime)  # tanh' = 1 - h^2
-            dt *= fprime
-        else:
-            dt *= ht > 0  # relu' = [h > 0]
-        np.matmul(dt, WhhT, out=carry)
-    dh0 = carry
-    H = Whh.shape[0]
-    dWhh = h0.T @ da[0]
-    if T > 1:
-        dWhh += hs[:-1].reshape(-1, H).T @ da[1:].reshape(-1, H)
-    return da, dh0, dWhh
 
 
 # ---------------------------------------------------------------------------

@@ -1,114 +1,95 @@
-"""The character-level recurrent language model: parameters, loss, gradients, one inference step.
+"""The character-level recurrent language model: a stack of cells, the output layer, dropout, the loss.
 
-Per layer l and time step t (rows are batch entries, so the input comes before the weight):
+Per time step t, rows being batch entries (so the input comes before the weight):
 
-    a_t = x_t Wxh + h_{t-1} Whh + bh,   h_t = f(a_t),   f = tanh or relu
-    o_t = h_t Why + by  (top layer),    y_t = softmax(o_t)
+    layer 0:      a_t = x_t Wxh + bh (a row lookup: x_t is one-hot), then the cell's recurrence -> h_t
+    layer l > 0:  the same on the (dropped-out) h_t of layer l-1
+    output:       o_t = d(h_t) Why + by,   y_t = softmax(o_t)
 
-Layer 0 reads the one-hot character x_t, so x_t Wxh is the row Wxh[id]; layer l > 0
-reads h_t of layer l-1. The loss is the mean negative log-likelihood (nats/char) of
-the next character over the unmasked positions.
+The cell (charrnn.cells: rnn, lstm or gru) is the only part that differs; the
+model knows it through its interface and never by name. The loss is the mean
+negative log-likelihood (nats/char) of the next character over the unmasked
+positions.
 
 Parameters live in one flat dict whose names are the checkpoint keys:
-``layers.{i}.Wxh`` (D_in, H), ``layers.{i}.Whh`` (H, H), ``layers.{i}.bh`` (H,),
-``Why`` (H, V), ``by`` (V,), with D_in = V for layer 0 and H above it. Gradients use
-the same keys. The hidden state is one array (L, B, H).
+``layers.{i}.Wxh`` (D_in, G*H), ``layers.{i}.Whh`` (H, G*H), ``layers.{i}.bh``
+(G*H,) and any extra recurrent parameter of the cell (GRU: ``layers.{i}.bhn``
+(H,)), then ``Why`` (H, V), ``by`` (V,); D_in = V for layer 0 and H above it, G =
+1, 4, 3 for rnn, lstm, gru. Gradients use the same keys. The state is one array
+(L, B, S), S = H for rnn and gru and 2H for lstm ([..., :H] is h, [..., H:] is c).
+
+Dropout (inverted: kept units are scaled by 1/(1-p)) acts on each layer's output
+sequence, the input of the layer above and of the output layer, when a random
+generator is passed to the training calls; without one (evaluation, sampling)
+nothing is dropped.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import numpy as np
 
+from .cells import make_cell
 from .layers import (
-    ACTIVATIONS,
     AffineCache,
     OneHotAffineCache,
-    RNNCache,
-    activate_,
     affine_backward,
     affine_forward,
     aligned_copy,
     empty_aligned,
-    zeros_aligned,
     onehot_affine_backward,
     onehot_affine_forward,
-    rnn_backward,
-    rnn_forward,
     softmax_cross_entropy,
+    zeros_aligned,
 )
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
-# Standard deviation of the layer-0 input weights (character embeddings); see init_params.
+# Standard deviation of the layer-0 input weights (character embeddings): U(-1, 1), see cells.base.input_weights.
 EMBED_STD = 1.0 / np.sqrt(3.0)
 
 
-def param_shapes(vocab_size: int, hidden_size: int, num_layers: int) -> dict[str, tuple[int, ...]]:
+def param_shapes(vocab_size: int, hidden_size: int, num_layers: int, cell: str = "rnn") -> dict[str, tuple[int, ...]]:
     """Name -> shape of every parameter, in a fixed order (the checkpoint contract)."""
     V, H = vocab_size, hidden_size
+    c = make_cell(cell) if isinstance(cell, str) else cell
     shapes: dict[str, tuple[int, ...]] = {}
     for i in range(num_layers):
-        shapes[f"layers.{i}.Wxh"] = (V if i == 0 else H, H)
-        shapes[f"layers.{i}.Whh"] = (H, H)
-        shapes[f"layers.{i}.bh"] = (H,)
+        for local, shape in c.param_shapes(V if i == 0 else H, H).items():
+            shapes[f"layers.{i}.{local}"] = shape
     shapes["Why"] = (H, V)
     shapes["by"] = (V,)
     return shapes
-
-
-def _orthogonal(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A random orthogonal (n, n) matrix, uniformly distributed (QR with the sign fix)."""
-    q, r = np.linalg.qr(rng.standard_normal((n, n)))
-    return q * np.sign(np.diag(r))
 
 
 def init_params(
     vocab_size: int,
     hidden_size: int,
     num_layers: int = 1,
+    cell: str = "rnn",
     activation: str = "tanh",
     rng: np.random.Generator | None = None,
     dtype=np.float32,
 ) -> dict[str, np.ndarray]:
-    """Initial parameters, each scale chosen for its role.
+    """Initial parameters: each layer's from its cell (`Cell.init_params`), then Why ~ N(0, 1/H), by = 0.
 
-    - ``layers.0.Wxh`` ~ U(-1, 1), std 1/sqrt(3) ~ 0.58. A one-hot input selects one
-      row, so each unit's input has fan-in 1, not V: a dense-layer scale such as
-      U(+-1/sqrt(H)) (PyTorch's default, std 0.026 at H = 512) makes the character
-      signal tiny next to the recurrent one, and learning starts slowly (measured with
-      PyTorch at H = 512: val loss 1.82 after 1000 steps against 1.66 with std 0.58).
-      Std 0.58 keeps the input term at about a third of the unit variance, so tanh
-      stays in its responsive range while the recurrent term carries the rest.
-    - ``Whh``: random orthogonal for tanh (all singular values 1: gradients neither
-      explode nor vanish through Whh at the start); the identity for relu, as in the
-      IRNN (Le, Jaitly & Hinton 2015), so that a relu state is carried unchanged until
-      the inputs teach it otherwise.
-    - ``layers.{i>0}.Wxh`` and ``Why``: N(0, 1/H), the fan-in (LeCun) scale for a dense
-      input of H units of unit-order magnitude.
-    - biases: zero.
-
-    All draws come from ``rng`` (a seeded numpy Generator), in the order of
-    `param_shapes`, in float64, then cast: the same seed gives the same model in
-    either dtype.
+    The layer-0 input rows are character embeddings U(-1, 1) and the inputs above
+    layer 0 are N(0, 1/H) for every cell (`cells.base.input_weights` says why); the
+    recurrent weights and biases are the cell's choice (its docstring says what and
+    why). All draws come from ``rng`` (a seeded numpy Generator), layer by layer,
+    in float64, then cast: the same seed gives the same model in either dtype, and
+    the rnn cell draws exactly as 0.1.0 did.
     """
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    c = make_cell(cell, activation)
     rng = np.random.default_rng(0) if rng is None else rng
-    H = hidden_size
+    V, H = vocab_size, hidden_size
     params: dict[str, np.ndarray] = {}
-    for name, shape in param_shapes(vocab_size, hidden_size, num_layers).items():
-        if name == "layers.0.Wxh":
-            w = rng.uniform(-1.0, 1.0, size=shape)
-        elif name.endswith("Whh"):
-            w = _orthogonal(H, rng) if activation == "tanh" else np.eye(H)
-        elif name.endswith("Wxh") or name == "Why":
-            w = rng.standard_normal(shape) / np.sqrt(H)
-        else:  # biases
-            w = np.zeros(shape)
-        params[name] = aligned_copy(w, dtype)
+    for i in range(num_layers):
+        for local, w in c.init_params(V if i == 0 else H, H, rng, embedding=i == 0).items():
+            params[f"layers.{i}.{local}"] = aligned_copy(w, dtype)
+    params["Why"] = aligned_copy(rng.standard_normal((H, V)) / np.sqrt(H), dtype)
+    params["by"] = zeros_aligned(V, dtype)
     return params
 
 
@@ -116,17 +97,18 @@ class ModelCache(NamedTuple):
     """What `CharRNN.forward_loss` keeps for `CharRNN.backward`."""
 
     proj: list[OneHotAffineCache | AffineCache]  # per layer: the one-hot lookup (layer 0), dense above
-    rnn: list[RNNCache]  # per layer
+    cells: list  # per layer: the cell's cache
+    masks: list[np.ndarray | None]  # per layer: the dropout multipliers (T, B, H) (0 or 1/(1-p)), or None
     out: AffineCache  # the output projection
     dlogits: np.ndarray  # (T*B, V) gradient of the mean loss with respect to the logits
 
 
 class CharRNN:
-    """A stacked vanilla RNN over characters, trained by truncated BPTT.
+    """A stack of recurrent cells over characters, trained by truncated BPTT.
 
-    >>> model = CharRNN(vocab_size=65, hidden_size=128)
-    >>> loss, grads, h = model.loss_and_grads(x, y)          # x, y: (B, T) int ids
-    >>> loss, grads, h = model.loss_and_grads(x2, y2, h0=h)  # next window, state carried
+    >>> model = CharRNN(vocab_size=65, hidden_size=128, cell="lstm", dropout=0.25)
+    >>> loss, grads, h = model.loss_and_grads(x, y, rng=rng)          # x, y: (B, T) int ids
+    >>> loss, grads, h = model.loss_and_grads(x2, y2, h0=h, rng=rng)  # next window, state carried
     """
 
     def __init__(
@@ -134,7 +116,9 @@ class CharRNN:
         vocab_size: int,
         hidden_size: int,
         num_layers: int = 1,
+        cell: str = "rnn",
         activation: str = "tanh",
+        dropout: float = 0.0,
         seed: int = 0,
         dtype=np.float32,
         params: dict[str, np.ndarray] | None = None,
@@ -142,18 +126,22 @@ class CharRNN:
         for label, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        self.cell = make_cell(cell, activation)  # ValueError for an unknown cell or a wrong activation
         self.vocab_size = int(vocab_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
         self.activation = activation
+        self.dropout = float(dropout)
+        self.state_size = self.cell.state_size(self.hidden_size)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
-        shapes = param_shapes(self.vocab_size, self.hidden_size, self.num_layers)
+        shapes = param_shapes(self.vocab_size, self.hidden_size, self.num_layers, self.cell)
         if params is None:
-            params = init_params(vocab_size, hidden_size, num_layers, activation, np.random.default_rng(seed), self.dtype)
+            rng = np.random.default_rng(seed)
+            params = init_params(vocab_size, hidden_size, num_layers, cell, activation, rng, self.dtype)
         else:
             if set(params) != set(shapes):
                 missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
@@ -166,21 +154,28 @@ class CharRNN:
         self._buffers: dict[str, np.ndarray] = {}  # see _buffer
 
     @classmethod
-    def from_params(cls, params: dict[str, np.ndarray], activation: str = "tanh") -> "CharRNN":
+    def from_params(
+        cls, params: dict[str, np.ndarray], cell: str = "rnn", activation: str = "tanh", dropout: float = 0.0
+    ) -> "CharRNN":
         """Rebuild a model around existing parameters; sizes and dtype are read from them."""
         if "Why" not in params:
             raise ValueError("parameters lack 'Why'")
         H, V = params["Why"].shape
         L = sum(1 for name in params if name.startswith("layers.") and name.endswith(".Whh"))
-        return cls(V, H, L, activation, dtype=params["Why"].dtype, params=params)
+        return cls(V, H, L, cell, activation, dropout, dtype=params["Why"].dtype, params=params)
 
     @property
     def num_params(self) -> int:
         return sum(p.size for p in self.params.values())
 
+    def layer_params(self, i: int) -> dict[str, np.ndarray]:
+        """Layer i's parameters under the cell's own names (Wxh, Whh, bh, ...)."""
+        prefix = f"layers.{i}."
+        return {name[len(prefix) :]: p for name, p in self.params.items() if name.startswith(prefix)}
+
     def initial_state(self, batch_size: int) -> np.ndarray:
-        """The zero state, (L, B, H)."""
-        return zeros_aligned((self.num_layers, batch_size, self.hidden_size), self.dtype)
+        """The zero state, (L, B, S)."""
+        return zeros_aligned((self.num_layers, batch_size, self.state_size), self.dtype)
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A work array kept from call to call (reallocated when its shape changes).
@@ -209,78 +204,93 @@ class CharRNN:
         if h0 is None:
             return self.initial_state(batch_size)
         h0 = np.asarray(h0, dtype=self.dtype)
-        expected = (self.num_layers, batch_size, self.hidden_size)
+        expected = (self.num_layers, batch_size, self.state_size)
         if h0.shape != expected:
-            raise ValueError(f"h0 must have shape (L, B, H) = {expected}, got {h0.shape}")
+            raise ValueError(f"h0 must have shape (L, B, S) = {expected}, got {h0.shape}")
         return h0
 
     # ----------------------------------------------------------------- forward
 
-    def _hidden_states(self, ids_tb: np.ndarray, h0: np.ndarray, buffer=None):
-        """Run every layer over time-major ids (T, B). Returns the top hs (T, B, H) and caches.
+    def _hidden_states(self, ids_tb: np.ndarray, h0: np.ndarray, buffer=None, rng=None):
+        """Run every layer over time-major ids (T, B).
 
-        buffer: None for fresh arrays, or `_buffer` to run on the model's work arrays.
+        Returns the top layer's output (T, B, H) (dropped out if rng is given and
+        dropout > 0), the last state (L, B, S), and the projection caches, cell caches
+        and dropout masks per layer. buffer: None for fresh arrays, or `_buffer` to run
+        on the model's work arrays.
         """
-        p = self.params
-        proj_caches, rnn_caches = [], []
-        hs = None
         T, B = ids_tb.shape
+        H, GH = self.hidden_size, self.cell.gates * self.hidden_size
+        drop = self.dropout if rng is not None else 0.0
+        proj_caches, cell_caches, masks, last = [], [], [], []
+        x = None
         for i in range(self.num_layers):
-            Wxh, Whh, bh = p[f"layers.{i}.Wxh"], p[f"layers.{i}.Whh"], p[f"layers.{i}.bh"]
-            out = None if buffer is None else buffer(f"hs.{i}", (T, B, self.hidden_size))
+            lp = self.layer_params(i)
+            cell_buffer = None if buffer is None else (lambda name, shape, i=i: buffer(f"cell.{i}.{name}", shape))
+            out = None if buffer is None else buffer(f"a.{i}", (T, B, GH))
             if i == 0:
-                a, pc = onehot_affine_forward(ids_tb, Wxh, bh, out=out)  # (T, B, H)
+                a, pc = onehot_affine_forward(ids_tb, lp["Wxh"], lp["bh"], out=out)  # (T, B, G*H)
             else:
-                a, pc = affine_forward(hs, Wxh, bh, out=out)  # (T, B, H)
-            hs, rc = rnn_forward(a, h0[i], Whh, self.activation)  # (T, B, H)
+                a, pc = affine_forward(x, lp["Wxh"], lp["bh"], out=out)  # (T, B, G*H)
+            hs, s_last, cc = self.cell.forward(a, h0[i], lp, cell_buffer)  # (T, B, H), (B, S)
+            mask = None
+            if drop > 0:
+                mask = None if buffer is None else buffer(f"mask.{i}", (T, B, H))
+                mask = dropout_mask(rng, (T, B, H), drop, self.dtype, out=mask)
+                dropped = empty_aligned((T, B, H), self.dtype) if buffer is None else buffer(f"drop.{i}", (T, B, H))
+                hs = np.multiply(hs, mask, out=dropped)
             proj_caches.append(pc)
-            rnn_caches.append(rc)
-        return hs, proj_caches, rnn_caches
+            cell_caches.append(cc)
+            masks.append(mask)
+            last.append(s_last)
+            x = hs
+        h_last = np.stack(last) if T else h0.copy()  # (L, B, S), a copy
+        return x, h_last, proj_caches, cell_caches, masks
 
     def forward(self, x, h0=None):
-        """Logits for every position of x (B, T): returns logits (B, T, V) and the last state (L, B, H)."""
+        """Logits for every position of x (B, T): returns logits (B, T, V) and the last state (L, B, S)."""
         x = self._check_ids("x", x)
         B, T = x.shape
         h0 = self._check_state(h0, B)
-        hs, _, rnn_caches = self._hidden_states(np.ascontiguousarray(x.T), h0)
+        hs, h_last, *_ = self._hidden_states(np.ascontiguousarray(x.T), h0)
         logits, _ = affine_forward(hs, self.params["Why"], self.params["by"])  # (T, B, V)
-        h_last = np.stack([c.hs[-1] for c in rnn_caches]) if T else h0.copy()
         return logits.transpose(1, 0, 2), h_last
 
     def step(self, ids, h):
-        """One time step for a batch of ids (B,) from state h (L, B, H): returns logits (B, V), new h (L, B, H).
+        """One time step for a batch of ids (B,) from state h (L, B, S): returns logits (B, V), new h (L, B, S).
 
-        The lean inference path (no caches, no per-call validation beyond shapes):
-        the sampler calls it once per generated character.
+        The plain inference path (no caches); the sampler runs the fused `Stepper`,
+        which computes the same.
         """
         ids = np.asarray(ids).reshape(-1)
-        if h.shape != (self.num_layers, ids.shape[0], self.hidden_size):
-            raise ValueError(f"h must have shape (L, B, H) = {(self.num_layers, ids.shape[0], self.hidden_size)}")
-        p = self.params
-        h_new = np.empty(h.shape, dtype=self.dtype)
+        if h.shape != (self.num_layers, ids.shape[0], self.state_size):
+            raise ValueError(f"h must have shape (L, B, S) = {(self.num_layers, ids.shape[0], self.state_size)}")
+        H = self.hidden_size
+        h_new = np.array(h, dtype=self.dtype)  # each layer's state is updated in place
         x = None
         for i in range(self.num_layers):
-            a = h_new[i]  # (B, H), written in place
-            np.matmul(h[i], p[f"layers.{i}.Whh"], out=a)
-            if i == 0:
-                a += p["layers.0.Wxh"][ids]
-            else:
-                a += x @ p[f"layers.{i}.Wxh"]
-            a += p[f"layers.{i}.bh"]
-            x = activate_(a, self.activation)
-        logits = x @ p["Why"]  # (B, V)
-        logits += p["by"]
+            lp = self.layer_params(i)
+            b_in, b_rec = self.cell.split_bias(lp)
+            ax = (lp["Wxh"][ids] if i == 0 else x @ lp["Wxh"]) + b_in  # (B, G*H)
+            v = h[i][:, :H] @ lp["Whh"] + b_rec  # (B, G*H)
+            self.cell.step_(ax, v, h_new[i][:, :H], h_new[i][:, H:])
+            x = h_new[i][:, :H]
+        logits = x @ self.params["Why"]  # (B, V)
+        logits += self.params["by"]
         return logits, h_new
 
     def stepper(self, h) -> "Stepper":
-        """A `Stepper` continuing from state h (L, K, H): the fast path for generating text."""
+        """A `Stepper` continuing from state h (L, K, S): the fast path for generating text."""
         return Stepper(self, h)
 
-    def forward_loss(self, x, y, h0=None, mask=None):
-        """Mean NLL of y given x, and everything `backward` needs. Returns (loss, cache, h_last)."""
-        return self._forward_loss(x, y, h0, mask)
+    def forward_loss(self, x, y, h0=None, mask=None, rng=None):
+        """Mean NLL of y given x, and everything `backward` needs. Returns (loss, cache, h_last).
 
-    def _forward_loss(self, x, y, h0=None, mask=None, buffer=None):
+        rng: the generator that draws the dropout masks (training); None drops nothing.
+        """
+        return self._forward_loss(x, y, h0, mask, rng=rng)
+
+    def _forward_loss(self, x, y, h0=None, mask=None, buffer=None, rng=None):
         x, y = self._check_ids("x", x), self._check_ids("y", y)
         if x.shape != y.shape:
             raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
@@ -293,30 +303,35 @@ class CharRNN:
             if mask.shape != x.shape:
                 raise ValueError(f"mask must have the shape of x {x.shape}, got {mask.shape}")
             mask = mask.T.reshape(-1)  # (T*B,) time-major like the logits
-        hs, proj_caches, rnn_caches = self._hidden_states(np.ascontiguousarray(x.T), h0, buffer)
+        hs, h_last, proj_caches, cell_caches, masks = self._hidden_states(np.ascontiguousarray(x.T), h0, buffer, rng)
         V = self.vocab_size
         logits = dlogits = None
         if buffer is not None:
             logits, dlogits = buffer("logits", (T, B, V)), buffer("dlogits", (T * B, V))
         logits, out_cache = affine_forward(hs, self.params["Why"], self.params["by"], out=logits)  # (T, B, V)
         loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1), mask, out=dlogits)
-        h_last = np.stack([c.hs[-1] for c in rnn_caches])  # (L, B, H), a copy
-        return loss, ModelCache(proj_caches, rnn_caches, out_cache, dlogits), h_last
+        return loss, ModelCache(proj_caches, cell_caches, masks, out_cache, dlogits), h_last
 
     # ---------------------------------------------------------------- backward
 
     def backward(self, cache: ModelCache):
-        """Gradients of the loss of `forward_loss`: (grads keyed like params, dh0 (L, B, H))."""
+        """Gradients of the loss of `forward_loss`: (grads keyed like params, dh0 (L, B, S))."""
         return self._backward(cache)
 
     def _backward(self, cache: ModelCache, buffer=None):
         grads: dict[str, np.ndarray] = {}
-        T, B, H = cache.rnn[0].hs.shape
+        T, B = cache.out.x.shape[:2]
+        H = self.hidden_size
         dx = None if buffer is None else buffer("dhs", (T, B, H))
         dhs, grads["Why"], grads["by"] = affine_backward(cache.dlogits.reshape(T, B, -1), cache.out, out=dx)
-        dh0 = np.empty((self.num_layers, B, self.hidden_size), dtype=self.dtype)
+        dh0 = np.empty((self.num_layers, B, self.state_size), dtype=self.dtype)
         for i in range(self.num_layers - 1, -1, -1):
-            da, dh0[i], grads[f"layers.{i}.Whh"] = rnn_backward(dhs, cache.rnn[i])  # da is dhs, overwritten
+            if cache.masks[i] is not None:
+                dhs *= cache.masks[i]  # through the dropout: the kept units, scaled
+            cell_buffer = None if buffer is None else (lambda name, shape, i=i: buffer(f"cell.{i}.{name}", shape))
+            da, dh0[i], cell_grads = self.cell.backward(dhs, cache.cells[i], cell_buffer)  # dhs may be overwritten
+            for local, g in cell_grads.items():
+                grads[f"layers.{i}.{local}"] = g
             if i == 0:
                 grads["layers.0.Wxh"], grads["layers.0.bh"] = onehot_affine_backward(da, cache.proj[0])
             else:
@@ -325,81 +340,98 @@ class CharRNN:
                 dhs, grads[f"layers.{i}.Wxh"], grads[f"layers.{i}.bh"] = affine_backward(da, cache.proj[i], out=dx)
         return {name: grads[name] for name in self.params}, dh0
 
-    def loss_and_grads(self, x, y, h0=None, mask=None):
-        """Loss (nats/char), gradients (dict keyed like params) and the last state (L, B, H).
+    def loss_and_grads(self, x, y, h0=None, mask=None, rng=None):
+        """Loss (nats/char), gradients (dict keyed like params) and the last state (L, B, S).
 
-        x, y: (B, T) integer ids, y the next character of x; h0: (L, B, H) or None for
-        zeros; mask: (B, T) of 0/1 or None. Pass the returned state as the next
-        window's h0 to carry it across windows (truncated BPTT).
+        x, y: (B, T) integer ids, y the next character of x; h0: (L, B, S) or None for
+        zeros; mask: (B, T) of 0/1 or None; rng: a numpy Generator that draws the
+        dropout masks (training), or None for the network without dropout. Pass the
+        returned state as the next window's h0 to carry it across windows (truncated BPTT).
         """
-        loss, cache, h_last = self._forward_loss(x, y, h0, mask, self._buffer)
+        loss, cache, h_last = self._forward_loss(x, y, h0, mask, self._buffer, rng)
         grads, _ = self._backward(cache, self._buffer)
         return loss, grads, h_last
 
     def loss(self, x, y, h0=None, mask=None):
-        """Loss and last state without gradients (evaluation)."""
+        """Loss and last state without gradients and without dropout (evaluation)."""
         loss, _, h_last = self._forward_loss(x, y, h0, mask, self._buffer)
         return loss, h_last
+
+
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype, out=None) -> np.ndarray:
+    """Inverted-dropout multipliers: 0 with probability p, else 1/(1-p), drawn from rng.
+
+    The uniforms are drawn in float32 whatever the model's dtype, so a float32 and a
+    float64 model with the same seed drop the same units.
+    """
+    u = rng.random(shape, dtype=np.float32)
+    out = empty_aligned(shape, dtype) if out is None else out
+    np.greater_equal(u, np.float32(p), out=out)  # 1.0 where kept
+    out *= np.dtype(dtype).type(1.0 / (1.0 - p))
+    return out
 
 
 class Stepper:
     """Inference one character at a time for K sequences, one matrix product per layer per step.
 
-    ``CharRNN.step`` multiplies each new state twice: h_t Whh (for step t+1) and h_t
+    ``CharRNN.step`` multiplies each new h twice: h_t Whh (for step t+1) and h_t
     times the weights above it (the next layer's Wxh, or Why). Here both are one
-    product, [h_t, 1] @ [[Whh, W_above], [bh, b_above]], with the biases in an extra
-    row so that they cost nothing: a one-layer step is then one (H+1, H+V)
-    matrix-vector product (11.5 us of the ~16 us per sampled character at hidden 512), a row
-    lookup, an add and the activation. Same model, same numbers as ``step`` up to
+    product, [h_t, 1] @ [[Whh, W_above], [b_rec, b_above]], with the biases in an
+    extra row so that they cost nothing (b_rec and b_above from the cells'
+    `split_bias`): a one-layer step is then one (H+1, G*H+V) matrix-vector product
+    (11.5 us of the ~16 us per sampled character of a vanilla cell at hidden 512), a
+    row lookup and the cell's `step_`. Same model, same numbers as ``step`` up to
     float rounding.
 
-    >>> s = model.stepper(h)              # h: (L, K, H), e.g. after the prime
+    >>> s = model.stepper(h)              # h: (L, K, S), e.g. after the prime
     >>> logits = s.feed(ids)              # ids (K,) -> logits (K, V) of the next character
 
     The returned logits are a view into the stepper's buffer, valid until the next feed.
     """
 
     def __init__(self, model: CharRNN, h: np.ndarray):
-        p, L, H = model.params, model.num_layers, model.hidden_size
-        if h.ndim != 3 or h.shape[0] != L or h.shape[2] != H:
-            raise ValueError(f"h must have shape (L, K, H) with L = {L}, H = {H}, got {h.shape}")
-        K, dtype = h.shape[1], model.dtype
-        # f(a, out=a) as one C-level call (activate_'s Python dispatch is ~5% of a sampled character)
-        self.f = np.tanh if model.activation == "tanh" else functools.partial(np.maximum, 0)
-        # (V, H) x_t Wxh for a one-hot x_t: a row (bh is in the product). A copy, like the fused
-        # weights: a stepper is a snapshot of the model, unaffected by later parameter updates
-        self.embed = aligned_copy(p["layers.0.Wxh"])
+        p, L, H, S = model.params, model.num_layers, model.hidden_size, model.state_size
+        if h.ndim != 3 or h.shape[0] != L or h.shape[2] != S:
+            raise ValueError(f"h must have shape (L, K, S) with L = {L}, S = {S}, got {h.shape}")
+        K, dtype, cell = h.shape[1], model.dtype, model.cell
+        GH = cell.gates * H
+        self.step_ = cell.step_
+        biases = [cell.split_bias(model.layer_params(i)) for i in range(L)]  # (b_in, b_rec) per layer
+        # (V, G*H) x_t Wxh + b_in for a one-hot x_t: a row. A copy, like the fused weights: a
+        # stepper is a snapshot of the model, unaffected by later parameter updates
+        self.embed = aligned_copy(p["layers.0.Wxh"] + biases[0][0])
         self.K = K
         self.layers = []
         Kp = -(-(H + 1) // 16) * 16  # [h, 1] padded with zeros to whole 64-byte lines: rows stay aligned
         for i in range(L):
             top = i == L - 1
-            W_above = p["Why"] if top else p[f"layers.{i + 1}.Wxh"]  # (H, D) with D = V or H
-            b_above = p["by"] if top else np.zeros(H, dtype)  # a layer's bh rides on its own Whh block
-            # (Kp, H+D): rows [Whh, W_above], then [bh, b_above], then zeros. Stored transposed
+            W_above = p["Why"] if top else p[f"layers.{i + 1}.Wxh"]  # (H, D) with D = V or G*H
+            b_above = p["by"] if top else biases[i + 1][0]
+            # (Kp, G*H+D): rows [Whh, W_above], then [b_rec, b_above], then zeros. Stored transposed
             # and 64-byte aligned: the matrix-vector product runs ~15% faster each way
-            W = zeros_aligned((H + W_above.shape[1], Kp), dtype).T
-            W[:H, :H], W[:H, H:] = p[f"layers.{i}.Whh"], W_above
-            W[H, :H], W[H, H:] = p[f"layers.{i}.bh"], b_above
+            W = zeros_aligned((GH + W_above.shape[1], Kp), dtype).T
+            W[:H, :GH], W[:H, GH:] = p[f"layers.{i}.Whh"], W_above
+            W[H, :GH], W[H, GH:] = biases[i][1], b_above
             hbuf = zeros_aligned((K, Kp), dtype)  # (K, Kp): [h_t, 1, 0...]; the 1 and the zeros stay
-            hbuf[:, :H], hbuf[:, H] = h[i], 1
-            z = empty_aligned((K, W.shape[1]), dtype)  # (K, H+D): [h Whh + bh, h W_above + b_above]
+            hbuf[:, :H], hbuf[:, H] = h[i][:, :H], 1
+            rest = aligned_copy(h[i][:, H:], dtype)  # (K, S-H): the rest of the state (lstm: c)
+            z = empty_aligned((K, W.shape[1]), dtype)  # (K, G*H+D): [h Whh + b_rec, h W_above + b_above]
             np.dot(hbuf, W, out=z)
-            # views fixed once: (full [h, 1] buffer, its h part, weights, product, its two parts)
-            self.layers.append((hbuf, hbuf[:, :H], W, z, z[:, :H], z[:, H:]))
+            # views fixed once: (full [h, 1] buffer, its h part, the rest, weights, product, its two parts)
+            self.layers.append((hbuf, hbuf[:, :H], rest, W, z, z[:, :GH], z[:, GH:]))
         # the same buffers as 1-D views of their first row, for feed_one
-        self.single = [(hb[0], h[0], W, z[0], rec[0], above[0]) for hb, h, W, z, rec, above in self.layers]
+        self.single = [(hb[0], hh[0], r[0], W, z[0], rec[0], ab[0]) for hb, hh, r, W, z, rec, ab in self.layers]
 
     def feed(self, ids) -> np.ndarray:
         """Advance every sequence by one character, ids (K,); returns the logits (K, V) that follow."""
         if np.shape(ids) != (self.K,):
             raise ValueError(f"ids must have shape ({self.K},), got {np.shape(ids)}")
-        x = self.embed[ids]  # (K, H) x_t Wxh of layer 0
-        for hbuf, h, W, z, recurrent, above in self.layers:
-            np.add(recurrent, x, out=h)  # a_t = h_{t-1} Whh + bh + x_t Wxh, written where h_t goes
-            self.f(h, out=h)
+        x = self.embed[ids]  # (K, G*H) x_t Wxh + b_in of layer 0
+        step_ = self.step_
+        for hbuf, h, rest, W, z, recurrent, above in self.layers:
+            step_(x, recurrent, h, rest)  # the new state, written where the old one was
             np.dot(hbuf, W, out=z)
-            x = above  # the next layer's input term (with its bias folded in its own Whh row), or the logits
+            x = above  # the next layer's input term (its b_in folded in), or the logits
         return x
 
     def feed_one(self, c: int) -> np.ndarray:
@@ -410,15 +442,14 @@ class Stepper:
         """
         if self.K != 1:
             raise ValueError(f"feed_one advances a single sequence; this stepper holds {self.K}")
-        x, f = self.embed[c], self.f  # (H,)
-        for hbuf, h, W, z, recurrent, above in self.single:
-            np.add(recurrent, x, out=h)
-            f(h, out=h)
+        x, step_ = self.embed[c], self.step_  # (G*H,)
+        for hbuf, h, rest, W, z, recurrent, above in self.single:
+            step_(x, recurrent, h, rest)
             np.dot(hbuf, W, out=z)
             x = above
         return x
 
     @property
     def h(self) -> np.ndarray:
-        """The current state (L, K, H), a copy."""
-        return np.stack([layer[1] for layer in self.layers])
+        """The current state (L, K, S), a copy."""
+        return np.stack([np.concatenate([layer[1], layer[2]], axis=-1) for layer in self.layers])

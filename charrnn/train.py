@@ -14,8 +14,14 @@ into B streams the same way, every target exactly once; the ragged last window
 is masked. The loop never prints: it reports through `callback(kind, info)`
 ("start", "step", "eval", "sample", "checkpoint", "end") and the CLI renders.
 
-Checkpoints (see checkpoint.py) hold everything the loop needs to continue: with
-the same config, N steps + resume + N steps give the same parameters as 2N steps.
+Randomness: one generator, seeded from train.seed, draws the initial parameters,
+then, in the order training meets them, each step's dropout masks (none without
+dropout) and each new epoch's offset. Evaluation and the samples draw nothing
+from it, so how often they run does not change the parameters.
+
+Checkpoints (see checkpoint.py) hold everything the loop needs to continue, the
+generator's state included: with the same config, N steps + resume + N steps give
+the same parameters as 2N steps.
 """
 
 from __future__ import annotations
@@ -107,13 +113,14 @@ def evaluate(model: CharRNN, ids: np.ndarray, batch_size: int, seq_length: int) 
 # --------------------------------------------------------------------------- one update
 
 
-def train_step(model: CharRNN, opt_state: dict, x, y, h, step: int, tc, lr_scale=None):
+def train_step(model: CharRNN, opt_state: dict, x, y, h, step: int, tc, lr_scale=None, rng=None):
     """One update on the window (x, y) from state h: returns (loss, grad norm, lr, new state).
 
-    The new state is None, and the parameters are left untouched, when the loss
-    or the gradient norm is not finite. The benchmark times exactly this function.
+    rng draws the dropout masks (a model without dropout draws nothing). The new
+    state is None, and the parameters are left untouched, when the loss or the
+    gradient norm is not finite. The benchmark times exactly this function.
     """
-    loss, grads, h_new = model.loss_and_grads(x, y, h)
+    loss, grads, h_new = model.loss_and_grads(x, y, h, rng=rng)
     norm = clip_by_global_norm(grads, tc.grad_clip)
     lr = learning_rate(step, tc)
     if not (math.isfinite(loss) and math.isfinite(norm)):
@@ -178,7 +185,8 @@ def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, vocab) -> None:
     """A resumed checkpoint must have the config's architecture and the data's vocabulary."""
     old = config_from_json(ckpt.meta["config"]).model
     diffs = [f"model.{k}: checkpoint {getattr(old, k)!r}, config {getattr(cfg.model, k)!r}"
-             for k in ("hidden_size", "num_layers", "activation", "dtype") if getattr(old, k) != getattr(cfg.model, k)]  # fmt: skip
+             for k in ("cell", "hidden_size", "num_layers", "activation", "dtype")
+             if getattr(old, k) != getattr(cfg.model, k)]  # fmt: skip
     if diffs:
         raise TrainError(f"cannot resume {ckpt.path}: the architecture differs ({'; '.join(diffs)})")
     if ckpt.vocab.chars != vocab.chars:
@@ -226,6 +234,7 @@ def train(
         ckpt = checkpoint.load(last_path)
         check_compatible(cfg, ckpt, ds.vocab)
         model = ckpt.model()
+        model.dropout = mc.dropout  # a training setting, like the learning rate: the config's applies
         opt_state = ckpt.optim_state
         expected = set(init_state(tc.optimizer, model.params))
         if set(opt_state) != expected:
@@ -241,8 +250,9 @@ def train(
         if last_path.exists() and not force:
             raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
         rng = np.random.default_rng(tc.seed)
-        params = init_params(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.activation, rng, dtype)
-        model = CharRNN(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.activation, dtype=dtype, params=params)
+        params = init_params(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, rng, dtype)
+        model = CharRNN(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, mc.dropout,
+                        dtype=dtype, params=params)  # fmt: skip
         opt_state = init_state(tc.optimizer, model.params)
         st = TrainState()
         h = None
@@ -280,7 +290,7 @@ def train(
         x, y = train_window(ds.train, B, T, st.window, st.offset)
         if st.window == 0:
             h = None  # a new epoch starts every stream from the zero state
-        loss, norm, lr, h_new = train_step(model, opt_state, x, y, h, st.step, tc, lr_scale)
+        loss, norm, lr, h_new = train_step(model, opt_state, x, y, h, st.step, tc, lr_scale, rng)
         if h_new is None:
             raise TrainError(
                 f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "

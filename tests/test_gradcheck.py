@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+import charrnn.cells.rnn as rnn_module
 import charrnn.model as model_module
+from charrnn.cells.rnn import RNNCache, rnn_backward
 from charrnn.gradcheck import gradcheck
-from charrnn.layers import RNNCache, rnn_backward
 
 EXPECTED = {
     1: ["layers.0.Wxh", "layers.0.Whh", "layers.0.bh", "Why", "by", "h0"],
@@ -44,7 +45,7 @@ def test_a_missing_recurrent_term_is_caught(monkeypatch):
         dWhh = h0.T @ da[0] + hs[:-1].reshape(-1, H).T @ da[1:].reshape(-1, H)
         return da, dh0, dWhh
 
-    monkeypatch.setattr(model_module, "rnn_backward", no_carry)
+    monkeypatch.setattr(rnn_module, "rnn_backward", no_carry)
     r = gradcheck(layers=1, seq=6)
     failed = {c.name for c in r.checks if not c.passed}
     assert {"layers.0.Whh", "layers.0.Wxh", "h0"} <= failed
@@ -79,3 +80,52 @@ def test_larger_models_pass_with_the_default_steps(activation):
     r = gradcheck(vocab=40, hidden=96, layers=2, batch=4, seq=10, activation=activation, seed=3, max_checks=25)
     assert r.passed, [(c.name, c.max_rel_error) for c in r.checks]
     assert r.eps == {"tanh": 1e-3, "relu": 1e-5}[activation]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_gated_cells_pass_with_and_without_dropout(cell, layers, dropout):
+    r = gradcheck(vocab=6, hidden=9, layers=layers, batch=3, seq=7, cell=cell, dropout=dropout, seed=layers)
+    names = [c.name for c in r.checks]
+    assert names[:3] == ["layers.0.Wxh", "layers.0.Whh", "layers.0.bh"] and names[-1] == "h0"
+    assert ("layers.0.bhn" in names) == (cell == "gru")
+    assert all(c.checked == int(np.prod(c.shape)) for c in r.checks)
+    assert r.passed, [(c.name, c.max_rel_error) for c in r.checks]
+    assert r.max_rel_error < 1e-6 and r.eps == 1e-3
+    assert r.settings["cell"] == cell and r.settings["dropout"] == dropout
+
+
+def test_vanilla_cell_passes_with_dropout():
+    for activation in ("tanh", "relu"):
+        r = gradcheck(hidden=8, layers=3, seq=6, activation=activation, dropout=0.5, seed=2)
+        assert r.passed, [(c.name, c.max_rel_error) for c in r.checks]
+
+
+def test_dropout_is_really_applied_in_the_check():
+    # the masks change the loss: the check is not silently running the plain network
+    plain = gradcheck(cell="lstm", layers=2, dropout=0.0, seed=4)
+    dropped = gradcheck(cell="lstm", layers=2, dropout=0.5, seed=4)
+    assert plain.settings["loss"] != dropped.settings["loss"]
+
+
+@pytest.mark.parametrize("cell, module", [("lstm", "lstm_backward"), ("gru", "gru_backward")])
+def test_a_wrong_gated_gradient_is_caught(monkeypatch, cell, module):
+    import importlib
+
+    mod = importlib.import_module(f"charrnn.cells.{cell}")
+    real = getattr(mod, module)
+
+    def off_by_one_percent(dhs, cache, buffer=None):
+        # the bug: the second gate block's pre-activation gradient 1% too large (lstm: forget; gru: update)
+        # as it leaves the cell, after dWhh was formed from it
+        out = real(dhs, cache, buffer)
+        H = cache.hs.shape[-1]
+        out[0][..., H : 2 * H] *= 1.01
+        return out
+
+    monkeypatch.setattr(mod, module, off_by_one_percent)
+    r = gradcheck(cell=cell, layers=1, seq=6)
+    failed = {c.name for c in r.checks if not c.passed}
+    assert {"layers.0.Wxh", "layers.0.bh"} <= failed
+    assert r.max_rel_error > 1e-3

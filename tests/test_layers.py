@@ -11,7 +11,6 @@ from charrnn.layers import (
     log_softmax,
     onehot_affine_backward,
     onehot_affine_forward,
-    rnn_forward,
     softmax,
     softmax_cross_entropy,
 )
@@ -112,20 +111,6 @@ def test_cross_entropy_matches_the_definition_and_respects_the_mask():
     assert np.all(d[[2, 7]] == 0)
     with pytest.raises(ValueError):
         softmax_cross_entropy(logits.copy(), y, np.zeros(N))
-
-
-def test_rnn_forward_is_the_recurrence_step_by_step():
-    rng = np.random.default_rng(2)
-    T, B, H = 4, 3, 5
-    a = rng.standard_normal((T, B, H))
-    h0 = rng.standard_normal((B, H))
-    Whh = rng.standard_normal((H, H)) * 0.3
-    for act, f in (("tanh", np.tanh), ("relu", lambda z: np.maximum(z, 0))):
-        hs, _ = rnn_forward(a.copy(), h0, Whh, act)
-        h = h0
-        for t in range(T):
-            h = f(a[t] + h @ Whh)
-            np.testing.assert_allclose(hs[t], h, rtol=1e-12)
 
 
 def test_out_arrays_receive_the_same_results_and_bad_ones_are_refused():

@@ -97,7 +97,7 @@ def reference_loss(m, x, y, h0, mask):
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
 def test_fast_path_equals_explicit_one_hot_reference(activation):
     rng = np.random.default_rng(5)
-    m = CharRNN(9, 12, 2, activation, seed=1, dtype=np.float64)
+    m = CharRNN(9, 12, 2, activation=activation, seed=1, dtype=np.float64)
     x, y = batch(rng, 9, 3, 8)
     h0 = rng.uniform(0, 0.5, size=(2, 3, 12))
     mask = np.ones((3, 8))
@@ -186,15 +186,15 @@ def test_bad_inputs_are_rejected():
 
 
 def test_from_params_rebuilds_the_same_model():
-    m = CharRNN(7, 6, 2, "relu", seed=9)
-    m2 = CharRNN.from_params(m.params, "relu")
+    m = CharRNN(7, 6, 2, activation="relu", seed=9)
+    m2 = CharRNN.from_params(m.params, activation="relu")
     assert (m2.vocab_size, m2.hidden_size, m2.num_layers, m2.dtype) == (7, 6, 2, np.float32)
     x, y = batch(np.random.default_rng(0), 7, 2, 4)
     assert m.loss(x, y)[0] == m2.loss(x, y)[0]
     bad = dict(m.params)
     bad["layers.1.Whh"] = np.zeros((5, 5), np.float32)
     with pytest.raises(ValueError, match="shape"):
-        CharRNN.from_params(bad, "relu")
+        CharRNN.from_params(bad, activation="relu")
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])

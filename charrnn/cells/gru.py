@@ -1,0 +1,166 @@
+"""The GRU cell (Cho et al. 2014) in PyTorch's formulation, where the reset gate multiplies h Whh_n + bhn.
+
+G = 3 gate blocks side by side in PyTorch's order r, z, n. Per step, with
+u = x_t Wxh + bh (all steps at once) and v = h_{t-1} Whh:
+
+    r = sigmoid(u_r + v_r),  z = sigmoid(u_z + v_z)
+    n = tanh(u_n + r * (v_n + bhn))
+    h_t = (1 - z) * n + z * h_{t-1}  =  n + z * (h_{t-1} - n)
+
+Parameters: Wxh (D, 3H), Whh (H, 3H), bh (3H,), bhn (H,). State (B, H) = h.
+PyTorch's weights map as weight_ih = Wxh^T, weight_hh = Whh^T, bias_ih = bh,
+bias_hh = [0, 0, bhn] (its r and z hidden biases only add to bh; its n one is bhn).
+
+Backward, going back in time with dh = dhs_t + (the gradient through the recurrence):
+
+    da_n = dh * (1 - z) * (1 - n^2)                  (n's pre-activation; du_n = da_n)
+    da_z = dh * (h_{t-1} - n) * z (1 - z)            (du_z = dv_z = da_z)
+    da_r = da_n * (v_n + bhn) * r (1 - r)            (du_r = dv_r = da_r)
+    dv_n = da_n * r,   dbhn = sum dv_n
+    dh_{t-1} = dh * z + dv Whh^T
+
+dWhh = sum_t h_{t-1}^T dv_t, one product over all steps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..layers import aligned_copy, empty_aligned, zeros_aligned
+from .base import BaseCell, input_weights, orthogonal, previous_states_product, sigmoid_, work
+
+
+class GRUCache(NamedTuple):
+    gates: np.ndarray  # (T, B, 3H) activations [r, z, n]
+    hn: np.ndarray  # (T, B, H) v_n + bhn, what r multiplies
+    hs: np.ndarray  # (T, B, H) h_1..h_T
+    h0: np.ndarray  # (B, H)
+    Whh: np.ndarray  # (H, 3H)
+
+
+def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray, buffer=None):
+    """Run the GRU over u (T, B, 3H) = x Wxh + bh from h0 (B, H). u is overwritten with [r, z, n].
+
+    Returns hs (T, B, H) and a cache.
+    """
+    T, B, G3 = u.shape
+    H = G3 // 3
+    dtype = u.dtype
+    hs = work(buffer, "hs", (T, B, H), dtype)
+    hn = work(buffer, "hn", (T, B, H), dtype)
+    v = empty_aligned((B, G3), dtype)  # h_{t-1} Whh
+    h_prev = h0
+    for t in range(T):
+        ut = u[t]
+        np.matmul(h_prev, Whh, out=v)
+        rz = ut[:, : 2 * H]
+        rz += v[:, : 2 * H]
+        sigmoid_(rz)
+        r, z, n = ut[:, :H], ut[:, H : 2 * H], ut[:, 2 * H :]
+        hnt = hn[t]
+        np.add(v[:, 2 * H :], bhn, out=hnt)
+        ht = hs[t]
+        np.multiply(r, hnt, out=ht)  # ht as scratch: r * (v_n + bhn)
+        n += ht
+        np.tanh(n, out=n)
+        np.subtract(h_prev, n, out=ht)  # h_t = n + z * (h_{t-1} - n)
+        ht *= z
+        ht += n
+        h_prev = ht
+    return hs, GRUCache(u, hn, hs, h0, Whh)
+
+
+def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
+    """BPTT for `gru_forward`: gradients for (u, h0, Whh, bhn). dhs (T, B, H) is overwritten.
+
+    Returns du (T, B, 3H), dh0 (B, H), dWhh (H, 3H), dbhn (H,).
+    """
+    gates, hn, hs, h0, Whh = cache
+    T, B, H = hs.shape
+    dtype = hs.dtype
+    du = work(buffer, "du", (T, B, 3 * H), dtype)
+    dvn = work(buffer, "dvn", (T, B, H), dtype)  # dv_n for every step (dWhh's n block, dbhn)
+    WhhT = aligned_copy(Whh.T)
+    carry = zeros_aligned((B, H), dtype)  # the gradient into h_t through step t+1
+    dv = empty_aligned((B, 3 * H), dtype)  # dv_t = [da_r, da_z, dv_n]
+    tmp = empty_aligned((B, H), dtype)
+    for t in range(T - 1, -1, -1):
+        g_t = gates[t]
+        r, z, n = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H :]
+        h_prev = hs[t - 1] if t else h0
+        dh = dhs[t]
+        dh += carry
+        d_t = du[t]
+        dr, dz, dn = d_t[:, :H], d_t[:, H : 2 * H], d_t[:, 2 * H :]
+        np.subtract(1, z, out=tmp)  # da_n = dh * (1 - z) * (1 - n^2)
+        np.multiply(dh, tmp, out=dn)
+        np.multiply(n, n, out=tmp)
+        np.subtract(1, tmp, out=tmp)
+        dn *= tmp
+        np.subtract(h_prev, n, out=dz)  # da_z = dh * (h_{t-1} - n) * z (1 - z)
+        dz *= dh
+        np.subtract(1, z, out=tmp)
+        tmp *= z
+        dz *= tmp
+        np.multiply(dn, hn[t], out=dr)  # da_r = da_n * (v_n + bhn) * r (1 - r)
+        np.subtract(1, r, out=tmp)
+        tmp *= r
+        dr *= tmp
+        np.multiply(dn, r, out=dvn[t])  # dv_n = da_n * r
+        dv[:, : 2 * H] = d_t[:, : 2 * H]
+        dv[:, 2 * H :] = dvn[t]
+        np.matmul(dv, WhhT, out=carry)
+        np.multiply(dh, z, out=tmp)  # the direct path h_{t-1} -> h_t
+        carry += tmp
+    dWhh = np.empty((H, 3 * H), dtype=dtype)
+    dWhh[:, : 2 * H] = previous_states_product(h0, hs, du[..., : 2 * H])
+    dWhh[:, 2 * H :] = previous_states_product(h0, hs, dvn)
+    dbhn = np.ones(T * B, dtype=dtype) @ dvn.reshape(-1, H)
+    return du, carry, dWhh, dbhn
+
+
+class Cell(BaseCell):
+    """The GRU behind the common interface (see charrnn.cells)."""
+
+    name = "gru"
+    gates = 3
+
+    def param_shapes(self, D: int, H: int) -> dict[str, tuple[int, ...]]:
+        return {**super().param_shapes(D, H), "bhn": (H,)}
+
+    def init_params(self, D: int, H: int, rng: np.random.Generator, embedding: bool) -> dict[str, np.ndarray]:
+        """Wxh as `input_weights` for all three blocks; Whh three independent orthogonal (H, H) blocks;
+        bh and bhn zero."""
+        Wxh = input_weights(D, 3 * H, H, rng, embedding)
+        Whh = np.hstack([orthogonal(H, rng) for _ in range(3)])
+        return {"Wxh": Wxh, "Whh": Whh, "bh": np.zeros(3 * H), "bhn": np.zeros(H)}
+
+    def split_bias(self, p):
+        """u_n carries bh's n block; v carries bh's r and z blocks (they only add up) and bhn."""
+        H = p["bhn"].shape[0]
+        b_in = np.zeros_like(p["bh"])
+        b_in[2 * H :] = p["bh"][2 * H :]
+        b_rec = p["bh"].copy()
+        b_rec[2 * H :] = p["bhn"]
+        return b_in, b_rec
+
+    def forward(self, a, s0, p, buffer=None):
+        hs, cache = gru_forward(a, s0, p["Whh"], p["bhn"], buffer)
+        return hs, (hs[-1] if hs.shape[0] else s0), cache
+
+    def backward(self, dhs, cache, buffer=None):
+        du, dh0, dWhh, dbhn = gru_backward(dhs, cache, buffer)
+        return du, dh0, {"Whh": dWhh, "bhn": dbhn}
+
+    def step_(self, ax, v, h, rest):
+        H = h.shape[-1]
+        rz = np.add(ax[..., : 2 * H], v[..., : 2 * H])
+        sigmoid_(rz)
+        n = np.multiply(v[..., 2 * H :], rz[..., :H])  # r * (h Whh_n + bhn)
+        n += ax[..., 2 * H :]
+        np.tanh(n, out=n)
+        h -= n  # h_t = n + z * (h_{t-1} - n)
+        h *= rz[..., H:]
+        h += n
