@@ -31,13 +31,15 @@ def data_dir(tmp_path, small_text):
     return tmp_path / "data"
 
 
-def write_config(tmp_path, data_dir, **train):
-    """A tiny config file; train keys override the defaults below."""
+def write_config(tmp_path, data_dir, model=None, **train):
+    """A tiny config file; train keys override the defaults below, `model` adds model keys (cell, dropout, ...)."""
     hidden = train.pop("hidden_size", 16) or 16
     t = dict(batch_size=4, seq_length=16, max_steps=40, eval_every=20, learning_rate=0.01, warmup_steps=5,
              sample_chars=0, lr_schedule="constant")  # fmt: skip
     t.update(train)
-    lines = [f"data: {data_dir}", f"out_dir: {tmp_path / 'run'}", "model:", f"  hidden_size: {hidden}", "train:"]
+    lines = [f"data: {data_dir}", f"out_dir: {tmp_path / 'run'}", "model:", f"  hidden_size: {hidden}"]
+    lines += [f"  {k}: {v}" for k, v in (model or {}).items()]
+    lines += ["train:"]
     lines += [f"  {k}: {v}" for k, v in t.items()]
     path = tmp_path / "cfg.yaml"
     path.write_text("\n".join(lines) + "\n")

@@ -48,6 +48,25 @@ def test_gradcheck_json_for_scripts():
     assert all(p["max_rel_error"] < 1e-6 for p in d["params"])
 
 
+def test_gradcheck_cells_and_dropout():
+    for cell in ("lstm", "gru"):
+        r = runner.invoke(app, ["gradcheck", "--json", "--cell", cell, "--dropout", "0.3", "--layers", "2",
+                                "--hidden", "5", "--max-checks", "8"])  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["passed"] is True and d["settings"]["cell"] == cell and d["settings"]["dropout"] == 0.3
+        assert ("layers.1.bhn" in [p["name"] for p in d["params"]]) == (cell == "gru")
+    r = runner.invoke(app, ["gradcheck", "--cell", "lstm", "--hidden", "4", "--seq", "3"])
+    assert r.exit_code == 0 and "gradcheck: lstm," in r.stdout
+
+
+def test_gradcheck_bad_cell_options_are_usage_errors():
+    for args in (["--cell", "lstm", "--activation", "relu"], ["--cell", "transformer"], ["--dropout", "1"]):
+        r = runner.invoke(app, ["gradcheck", *args])
+        assert r.exit_code == 2, args
+        assert r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
 def test_gradcheck_exits_1_when_a_gradient_is_wrong(monkeypatch):
     real = model_module.affine_backward
 

@@ -29,6 +29,9 @@ def test_typo_is_an_error_naming_the_closest_key():
         ("train", "batch_size", True, "must be an integer"),
         ("train", "optimizer", "adamw", "did you mean 'adam'"),
         ("model", "activation", "sigmoid", "one of tanh, relu"),
+        ("model", "cell", "lstn", "did you mean 'lstm'"),
+        ("model", "dropout", 1.0, r"\[0, 1\)"),
+        ("model", "dropout", -0.1, r"\[0, 1\)"),
         ("train", "beta2", 1.0, r"\[0, 1\)"),
         ("train", "time_limit", "soon", "duration"),
     ],
@@ -74,3 +77,14 @@ def test_missing_file_and_missing_data():
         load_config("/nonexistent/cfg.yaml")
     with pytest.raises(ConfigError, match="needs 'data'"):
         from_dict({"train": {}})
+
+
+def test_cells_and_dropout(tmp_path):
+    cfg = from_dict({"data": "d", "out_dir": "o"})
+    assert cfg.model.cell == "rnn" and cfg.model.dropout == 0.0  # what every earlier config meant
+    cfg = from_dict({"data": "d", "out_dir": "o", "model": {"cell": "gru", "dropout": 0.25}})
+    assert cfg.model.cell == "gru" and cfg.model.dropout == 0.25
+    for cell in ("lstm", "gru"):
+        with pytest.raises(ConfigError, match=f"model.activation 'relu' does not fit model.cell '{cell}'"):
+            from_dict({"data": "d", "model": {"cell": cell, "activation": "relu"}})
+    assert from_dict({"data": "d", "out_dir": "o", "model": {"cell": "rnn", "activation": "relu"}}).model.activation == "relu"

@@ -104,8 +104,8 @@ def test_vanilla_cell_passes_with_dropout():
 
 def test_dropout_is_really_applied_in_the_check():
     # the masks change the loss: the check is not silently running the plain network
-    plain = gradcheck(cell="lstm", layers=2, dropout=0.0, seed=4)
-    dropped = gradcheck(cell="lstm", layers=2, dropout=0.5, seed=4)
+    plain = gradcheck(cell="lstm", layers=2, dropout=0.0, seed=4, max_checks=1)
+    dropped = gradcheck(cell="lstm", layers=2, dropout=0.5, seed=4, max_checks=1)
     assert plain.settings["loss"] != dropped.settings["loss"]
 
 

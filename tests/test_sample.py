@@ -184,3 +184,35 @@ def test_unfiltered_draws_follow_the_softmax():
         for text in texts:
             freq = np.array([text.count(c) for c in "abcd"]) / len(text)
             np.testing.assert_allclose(freq, expected, atol=0.01)
+
+
+@pytest.fixture(scope="module", params=["lstm", "gru"])
+def gated_run(request, tmp_path_factory):
+    """A small gated model with dropout, trained to memorise one repeated line."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    from charrnn.data import prepare
+
+    prepare("the quick brown fox jumps over the lazy dog. " * 60, tmp / "data")
+    cfg = load_config(write_config(tmp, tmp / "data", {"cell": request.param, "dropout": 0.1, "num_layers": 2},
+                                   hidden_size=24, max_steps=250, eval_every=125, learning_rate=0.02,
+                                   batch_size=8, seq_length=32))  # fmt: skip
+    train(cfg)
+    return tmp / "run"
+
+
+def test_gated_checkpoints_sample_with_every_option(gated_run):
+    assert charrnn.sample(gated_run, 40, prime="the quick brown fox ", argmax=True) == (
+        "jumps over the lazy dog. the quick brown"
+    )
+    model, vocab, _ = checkpoint.load_model(gated_run)
+    assert model.cell.name in ("lstm", "gru") and model.dropout == 0.1
+    one = generate(model, vocab, 300, prime="the", seed=3, temperature=0.7)[0]
+    assert one == generate(model, vocab, 300, prime="the", seed=3, temperature=0.7)[0]
+    batch = generate(model, vocab, 300, prime="the", seed=3, temperature=0.7, num_samples=3)
+    assert batch[0] == one and len(set(batch)) > 1
+    for kw in (dict(top_k=3), dict(top_p=0.9), dict(top_k=5, top_p=0.8, num_samples=2)):
+        texts = generate(model, vocab, 50, prime="lazy", seed=1, **kw)
+        assert all(len(t) == 50 and set(t) <= set(vocab.chars) for t in texts)
+    r = runner.invoke(app, ["sample", "--ckpt", str(gated_run), "-n", "30", "--seed", "2", "-k", "2", "--json"])
+    assert r.exit_code == 0 and r.stderr == ""
+    assert len(json.loads(r.stdout)["samples"]) == 2

@@ -102,6 +102,40 @@ def test_resume_is_exact(tmp_path, data_dir, schedule, batch, seq):
     assert [r["val_loss"] for r in records(a / "run")] == [r["val_loss"] for r in records(b / "run")]
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_gated_cells_with_dropout_learn_and_resume_exactly(tmp_path, data_dir, cell):
+    model = {"cell": cell, "dropout": 0.3, "num_layers": 2}
+    kw = dict(max_steps=24, eval_every=8, lr_schedule="cosine", batch_size=4, seq_length=16, learning_rate=0.02)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    ra = train(load_config(write_config(a, data_dir, model, **kw)))
+    recs = records(a / "run")
+    assert recs[-1]["val_loss"] < recs[0]["val_loss"]
+    cfg_b = load_config(write_config(b, data_dir, model, **kw))
+    steps = []
+    train(cfg_b, callback=lambda k, i: steps.append(i["step"]) if k == "step" else None,
+          should_stop=lambda: len(steps) >= 11)  # fmt: skip
+    rb = train(cfg_b, resume=True)
+    assert ra.step == rb.step == 24
+    pa, pb = params_of(a / "run" / "last.npz"), params_of(b / "run" / "last.npz")
+    assert set(pa) == set(pb) and all(np.array_equal(pa[k], pb[k]) for k in pa)
+    ck = checkpoint.load(a / "run" / "last.npz")
+    assert ck.config.model.cell == cell and ck.config.model.dropout == 0.3
+    assert ck.h.shape == (2, 4, 32 if cell == "lstm" else 16)
+
+
+def test_evaluating_more_often_changes_no_parameter(tmp_path, data_dir):
+    # evaluation and samples draw nothing from the run's generator, which also draws the dropout masks
+    model = {"cell": "lstm", "dropout": 0.5}
+    runs = []
+    for every, chars in ((5, 0), (20, 30)):
+        d = tmp_path / f"e{every}"
+        d.mkdir()
+        train(load_config(write_config(d, data_dir, model, max_steps=20, eval_every=every, sample_chars=chars)))
+        runs.append(params_of(d / "run" / "last.npz"))
+    assert all(np.array_equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_resume_with_a_longer_max_steps_continues(tmp_path, data_dir):
     cfg = load_config(write_config(tmp_path, data_dir, max_steps=20))
     train(cfg)
@@ -125,6 +159,9 @@ def test_resume_refuses_a_different_architecture(tmp_path, data_dir):
     train(cfg)
     cfg.model.hidden_size = 8
     with pytest.raises(TrainError, match="hidden_size: checkpoint 16, config 8"):
+        train(cfg, resume=True)
+    cfg.model.hidden_size, cfg.model.cell = 16, "lstm"
+    with pytest.raises(TrainError, match="model.cell: checkpoint 'rnn', config 'lstm'"):
         train(cfg, resume=True)
 
 

@@ -1,0 +1,60 @@
+"""Checkpoints written by charrnn 0.1.0 (format 1, no cell in the config) load and compute what they computed then.
+
+tests/data/v010-rnn.npz was written by 0.1.0 and v010-rnn.json holds what 0.1.0 computed
+from it (tests/data/make_v010_checkpoint.py says how both were made).
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from typer.testing import CliRunner
+
+from charrnn import checkpoint
+from charrnn.cli import app
+from charrnn.config import from_dict
+from charrnn.data import prepare
+from charrnn.sampling import generate
+from charrnn.train import train
+from conftest import VERSE
+
+DATA = Path(__file__).parent / "data"
+runner = CliRunner()
+
+
+def expected():
+    return json.loads((DATA / "v010-rnn.json").read_text())
+
+
+def test_a_010_checkpoint_is_read_as_a_vanilla_model_and_computes_the_same():
+    model, vocab, ck = checkpoint.load_model(DATA / "v010-rnn.npz")
+    assert ck.meta["format_version"] == 1 and "cell" not in ck.meta["config"]["model"]
+    assert ck.config.model.cell == "rnn" and ck.config.model.dropout == 0.0
+    assert model.cell.name == "rnn" and model.num_layers == 2 and model.hidden_size == 8
+    e = expected()
+    loss, h = model.loss(np.array(e["x"]), np.array(e["y"]))
+    assert loss == e["loss"]  # bit for bit
+    np.testing.assert_array_equal(h, np.array(e["h_last"], dtype=np.float32))
+    assert generate(model, vocab, 80, prime="All:", seed=7)[0] == e["sample"]
+    assert generate(model, vocab, 40, prime="All:", seed=7, num_samples=2, top_k=5) == e["sample_batch"]
+
+
+def test_a_010_checkpoint_resumes_and_evaluates(tmp_path):
+    prepare(VERSE * 30, tmp_path / "data", val_frac=0.1)  # the text it was trained on
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(DATA / "v010-rnn.npz", run / "last.npz")
+    cfg = from_dict({
+        "data": str(tmp_path / "data"), "out_dir": str(run),
+        "model": {"hidden_size": 8, "num_layers": 2},
+        "train": {"batch_size": 4, "seq_length": 16, "max_steps": 14, "eval_every": 6, "learning_rate": 0.01,
+                  "warmup_steps": 2, "sample_chars": 0},
+    })  # fmt: skip
+    r = train(cfg, resume=True)
+    assert r.step == 14
+    ck = checkpoint.load(run / "last.npz")
+    assert ck.meta["format_version"] == checkpoint.FORMAT_VERSION and ck.config.model.cell == "rnn"
+    res = runner.invoke(app, ["eval", "--ckpt", str(DATA / "v010-rnn.npz"), "--data", str(tmp_path / "data"), "--json"])
+    assert res.exit_code == 0, res.stderr
+    assert np.isfinite(json.loads(res.stdout)["val_loss"])
