@@ -58,7 +58,7 @@ def main() -> None:
 
         # the work arrays CharRNN.loss_and_grads runs on (model._buffer), so the phases match its step
         buf = model._buffer
-        cbuf = lambda name, shape: buf(f"cell.0.{name}", shape)  # noqa: E731
+        cbuf = lambda name, shape, buf=buf: buf(f"cell.0.{name}", shape)  # noqa: E731
         a0, pc = onehot_affine_forward(
             np.ascontiguousarray(x.T), p["layers.0.Wxh"], p["layers.0.bh"], out=buf("a.0", (T, B, GH))
         )

@@ -81,7 +81,9 @@ Cell = _cell_enum()
 # Shared options --------------------------------------------------------------
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random generator.")]
-ActivationOpt = Annotated[Activation, typer.Option("--activation", help="Hidden-unit nonlinearity (relu: cell rnn only).")]
+ActivationOpt = Annotated[
+    Activation, typer.Option("--activation", help="Hidden-unit nonlinearity (relu: cell rnn only).")
+]
 CellOpt = Annotated[Cell, typer.Option("--cell", help="Recurrent cell.")]
 HiddenOpt = Annotated[int, typer.Option("--hidden", min=1, help="Hidden units per layer.")]
 LayersOpt = Annotated[int, typer.Option("--layers", min=1, help="Number of stacked recurrent layers.")]

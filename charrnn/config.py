@@ -219,9 +219,10 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
             setattr(cfg, key, _coerce(key, value, str(top_fields[key].type)))
     allowed = cell_class(cfg.model.cell).activations
     if cfg.model.activation not in allowed:
+        why = " (relu is for cell rnn only)" if cfg.model.activation == "relu" else ""
         raise ConfigError(
             f"model.activation {cfg.model.activation!r} does not fit model.cell {cfg.model.cell!r}, "
-            f"which takes {', '.join(allowed)}" + (" (relu is for cell rnn only)" if cfg.model.activation == "relu" else "")
+            f"which takes {', '.join(allowed)}{why}"
         )
     if not cfg.data:
         raise ConfigError("the config needs 'data': the folder written by `charrnn prepare`")

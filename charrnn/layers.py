@@ -23,6 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+
 def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
     """Encode integer ids of any shape (...) as one-hot vectors of shape (..., V).
 

@@ -145,7 +145,9 @@ class CharRNN:
         else:
             if set(params) != set(shapes):
                 missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
-                raise ValueError(f"parameter names do not match the architecture (missing {missing}, unexpected {extra})")
+                raise ValueError(
+                    f"parameter names do not match the architecture (missing {missing}, unexpected {extra})"
+                )
             for name, shape in shapes.items():
                 if params[name].shape != shape:
                     raise ValueError(f"parameter {name} has shape {params[name].shape}, expected {shape}")

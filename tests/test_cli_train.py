@@ -3,10 +3,10 @@
 import json
 
 import numpy as np
+from conftest import write_config
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from conftest import write_config
 
 runner = CliRunner()
 

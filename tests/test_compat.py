@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+from conftest import VERSE
 from typer.testing import CliRunner
 
 from charrnn import checkpoint
@@ -17,7 +18,6 @@ from charrnn.config import from_dict
 from charrnn.data import prepare
 from charrnn.sampling import generate
 from charrnn.train import train
-from conftest import VERSE
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()

@@ -87,4 +87,5 @@ def test_cells_and_dropout(tmp_path):
     for cell in ("lstm", "gru"):
         with pytest.raises(ConfigError, match=f"model.activation 'relu' does not fit model.cell '{cell}'"):
             from_dict({"data": "d", "model": {"cell": cell, "activation": "relu"}})
-    assert from_dict({"data": "d", "out_dir": "o", "model": {"cell": "rnn", "activation": "relu"}}).model.activation == "relu"
+    relu = from_dict({"data": "d", "out_dir": "o", "model": {"cell": "rnn", "activation": "relu"}})
+    assert relu.model.activation == "relu"

@@ -12,6 +12,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -22,7 +23,6 @@ from charrnn.cli import app
 from charrnn.config import ConfigError, load_config
 from charrnn.data import build_vocab
 from charrnn.train import train
-from conftest import write_config
 
 runner = CliRunner()
 

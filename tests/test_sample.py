@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_config
 from typer.testing import CliRunner
 
 import charrnn
@@ -13,7 +14,6 @@ from charrnn.config import load_config
 from charrnn.data import Vocab
 from charrnn.sampling import SampleError, generate, probabilities, sample_rngs
 from charrnn.train import train
-from conftest import write_config
 
 runner = CliRunner()
 

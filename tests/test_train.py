@@ -5,11 +5,11 @@ import os
 
 import numpy as np
 import pytest
+from conftest import write_config
 
 from charrnn import checkpoint
 from charrnn.config import load_config
 from charrnn.train import TrainError, eval_windows, train, train_window, windows_per_epoch
-from conftest import write_config
 
 
 def test_windows_continue_each_stream():

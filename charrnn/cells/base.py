@@ -36,7 +36,8 @@ class BaseCell:
         return np.zeros_like(p["bh"]), p["bh"]
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.activation!r})" if len(self.activations) > 1 else f"{type(self).__name__}()"
+        args = repr(self.activation) if len(self.activations) > 1 else ""
+        return f"{type(self).__name__}({args})"
 
 
 def work(buffer, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:

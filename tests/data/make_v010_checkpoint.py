@@ -20,11 +20,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from conftest import VERSE  # noqa: E402
 
+from charrnn import checkpoint  # noqa: E402
 from charrnn.config import from_dict  # noqa: E402
 from charrnn.data import prepare  # noqa: E402
 from charrnn.sampling import generate  # noqa: E402
 from charrnn.train import train  # noqa: E402
-from charrnn import checkpoint  # noqa: E402
 
 with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
