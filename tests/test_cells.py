@@ -5,6 +5,7 @@ import pytest
 
 from charrnn import CharRNN, one_hot
 from charrnn.cells import CELL_NAMES, cell_class, make_cell
+from charrnn.cells.lstm import FORGET_BIAS
 from charrnn.model import dropout_mask, param_shapes
 
 GATES = {"rnn": 1, "lstm": 4, "gru": 3}
@@ -154,7 +155,7 @@ def test_gated_initialisation():
     H = 64
     for i in range(2):
         bh = p[f"layers.{i}.bh"]
-        assert np.all(bh[H : 2 * H] == 1) and not bh[:H].any() and not bh[2 * H :].any()  # forget gate open
+        assert np.all(bh[H : 2 * H] == FORGET_BIAS) and not bh[:H].any() and not bh[2 * H :].any()
         W = p[f"layers.{i}.Whh"].astype(np.float64)
         for k in range(4):  # four independent orthogonal blocks
             blk = W[:, k * H : (k + 1) * H]

@@ -132,7 +132,9 @@ class Cell(BaseCell):
 
     def init_params(self, D: int, H: int, rng: np.random.Generator, embedding: bool) -> dict[str, np.ndarray]:
         """Wxh as `input_weights` for all three blocks; Whh three independent orthogonal (H, H) blocks;
-        bh and bhn zero."""
+        bh and bhn zero. On tiny-shakespeare (1 x 256, 1000 steps, as for the LSTM's FORGET_BIAS) this
+        measured 1.724 against 1.907 with PyTorch's U(+-1/sqrt(H)) embedding rows and 1.918 with
+        PyTorch's default for everything."""
         Wxh = input_weights(D, 3 * H, H, rng, embedding)
         Whh = np.hstack([orthogonal(H, rng) for _ in range(3)])
         return {"Wxh": Wxh, "Whh": Whh, "bh": np.zeros(3 * H), "bhn": np.zeros(H)}
