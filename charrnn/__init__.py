@@ -4,7 +4,7 @@ The public names are imported on first use (PEP 562), so that `charrnn --help`
 starts without loading numpy.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"  # 0.2.0: the cells (lstm, gru), dropout, checkpoint format 2
 
 __all__ = ["CharRNN", "one_hot", "sample", "__version__"]
 

@@ -291,8 +291,9 @@ class _TrainDisplay:
             self._start_progress()
             self.task = self.progress.add_task("train", total=info["max_steps"], completed=info["step"], stats="")
             what = "resuming at step" if info["resumed"] else "training from step"
-            self.log(f"{what} {info['step']}: {info['params']:,} parameters, vocabulary {info['vocab_size']}, "
-                     f"{info['windows_per_epoch']} windows per epoch -> {info['out_dir']}")  # fmt: skip
+            self.log(f"{what} {info['step']}: {info['model']}, {info['params']:,} parameters, "
+                     f"vocabulary {info['vocab_size']}, {info['windows_per_epoch']} windows per epoch "
+                     f"-> {info['out_dir']}")  # fmt: skip
         elif kind == "step" and self.progress is not None:
             stats = (f"loss {info['smooth_loss']:.3f} | val {self.val} | {info['chars_per_sec'] / 1000:.1f}k char/s | "
                      f"lr {info['lr']:.1e} | |g| {info['grad_norm']:.2f}")  # fmt: skip

@@ -270,7 +270,9 @@ def train(
         cb("checkpoint", {"path": str(path), "step": st.step})
 
     lr_scale = {"layers.0.Wxh": tc.input_lr_scale} if tc.input_lr_scale != 1.0 else None
-    cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "params": model.num_params,
+    what = f"{mc.cell} {mc.num_layers} x {mc.hidden_size}" + (f", dropout {mc.dropout:g}" if mc.dropout else "")
+    cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "model": what,
+                 "params": model.num_params,
                  "out_dir": str(out), "vocab_size": ds.vocab.size, "windows_per_epoch": n_windows})  # fmt: skip
     status = "done"
     last_val = st.history[-1]["val_loss"] if st.history else None
