@@ -461,7 +461,8 @@ def gradcheck(
 
         s = result.settings
         table = Table(
-            title=f"gradcheck: {s['cell']}" + (f" ({s['activation']})" if s["cell"] == "rnn" else "")
+            title=f"gradcheck: {s['cell']}"
+            + (f" ({s['activation']})" if len(cell_class(s["cell"]).activations) > 1 else "")
             + f", {s['layers']} layer(s), V={s['vocab']} H={s['hidden']} B={s['batch']} T={s['seq']}"
             + (f", dropout {s['dropout']:g}" if s["dropout"] else "") + f", float64, eps={result.eps:g}",
         )

@@ -150,7 +150,7 @@ class Cell(BaseCell):
 
     def forward(self, a, s0, p, buffer=None):
         hs, cache = gru_forward(a, s0, p["Whh"], p["bhn"], buffer)
-        return hs, (hs[-1] if hs.shape[0] else s0), cache
+        return hs, (hs[-1] if hs.shape[0] else s0.copy()), cache
 
     def backward(self, dhs, cache, buffer=None):
         du, dh0, dWhh, dbhn = gru_backward(dhs, cache, buffer)

@@ -155,7 +155,7 @@ class Cell(BaseCell):
     def forward(self, a, s0, p, buffer=None):
         hs, cache = lstm_forward(a, s0, p["Whh"], buffer)
         if hs.shape[0] == 0:
-            return hs, s0, cache
+            return hs, s0.copy(), cache
         return hs, np.concatenate([hs[-1], cache.cs[-1]], axis=-1), cache
 
     def backward(self, dhs, cache, buffer=None):

@@ -121,7 +121,7 @@ class Cell(BaseCell):
 
     def forward(self, a, s0, p, buffer=None):
         hs, cache = rnn_forward(a, s0, p["Whh"], self.activation)  # hs is a, overwritten
-        return hs, (hs[-1] if hs.shape[0] else s0), cache
+        return hs, (hs[-1] if hs.shape[0] else s0.copy()), cache
 
     def backward(self, dhs, cache, buffer=None):
         da, dh0, dWhh = rnn_backward(dhs, cache)  # da is dhs, overwritten
