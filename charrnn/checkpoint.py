@@ -12,13 +12,13 @@ Keys of the archive:
 
 Reading never unpickles (allow_pickle=False): an archive holding object arrays is
 refused. Every array is checked against the architecture in the stored config
-before use.
+before use. Writing goes to a temporary file in the same folder, is flushed to
+disk, then renamed over the old file, so a crash at any moment leaves either the
+old or the new checkpoint, never a broken one.
 
 Format versions: 1 (charrnn 0.1.0) knew only the vanilla cell and its config has
 no model.cell or model.dropout; it is read as cell rnn without dropout, which is
-what it was. 2 adds them. Writing goes to a temporary file in the same folder, is flushed to
-disk, then renamed over the old file, so a crash at any moment leaves either the
-old or the new checkpoint, never a broken one.
+what it was. 2 adds them.
 """
 
 from __future__ import annotations

@@ -228,7 +228,7 @@ class CharRNN:
         x = None
         for i in range(self.num_layers):
             lp = self.layer_params(i)
-            cell_buffer = None if buffer is None else (lambda name, shape, i=i: buffer(f"cell.{i}.{name}", shape))
+            cell_buffer = _layer_buffer(buffer, i)
             out = None if buffer is None else buffer(f"a.{i}", (T, B, GH))
             if i == 0:
                 a, pc = onehot_affine_forward(ids_tb, lp["Wxh"], lp["bh"], out=out)  # (T, B, G*H)
@@ -330,7 +330,7 @@ class CharRNN:
         for i in range(self.num_layers - 1, -1, -1):
             if cache.masks[i] is not None:
                 dhs *= cache.masks[i]  # through the dropout: the kept units, scaled
-            cell_buffer = None if buffer is None else (lambda name, shape, i=i: buffer(f"cell.{i}.{name}", shape))
+            cell_buffer = _layer_buffer(buffer, i)
             da, dh0[i], cell_grads = self.cell.backward(dhs, cache.cells[i], cell_buffer)  # dhs may be overwritten
             for local, g in cell_grads.items():
                 grads[f"layers.{i}.{local}"] = g
@@ -358,6 +358,13 @@ class CharRNN:
         """Loss and last state without gradients and without dropout (evaluation)."""
         loss, _, h_last = self._forward_loss(x, y, h0, mask, self._buffer)
         return loss, h_last
+
+
+def _layer_buffer(buffer, i: int):
+    """Layer i's cell's work arrays, named apart from every other layer's; None stays None (fresh arrays)."""
+    if buffer is None:
+        return None
+    return lambda name, shape: buffer(f"cell.{i}.{name}", shape)
 
 
 def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype, out=None) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..layers import aligned_copy, empty_aligned, zeros_aligned
-from .base import BaseCell, input_weights, orthogonal
+from .base import BaseCell, input_weights, orthogonal, previous_states_product
 
 ACTIVATIONS = ("tanh", "relu")
 
@@ -86,12 +86,7 @@ def rnn_backward(dhs: np.ndarray, cache: RNNCache):
         else:
             dt *= ht > 0  # relu' = [h > 0]
         np.matmul(dt, WhhT, out=carry)
-    dh0 = carry
-    H = Whh.shape[0]
-    dWhh = h0.T @ da[0]
-    if T > 1:
-        dWhh += hs[:-1].reshape(-1, H).T @ da[1:].reshape(-1, H)
-    return da, dh0, dWhh
+    return da, carry, previous_states_product(h0, hs, da)  # carry is dh0 after the loop
 
 
 class Cell(BaseCell):
