@@ -29,94 +29,110 @@ from typing import NamedTuple
 import numpy as np
 
 from ..layers import aligned_copy, empty_aligned, zeros_aligned
-from .base import BaseCell, input_weights, orthogonal, previous_states_product, sigmoid_, work
+from .base import BaseCell, input_weights, orthogonal, sigmoid_, work
 
 
 class GRUCache(NamedTuple):
     gates: np.ndarray  # (T, B, 3H) activations [r, z, n]
-    hn: np.ndarray  # (T, B, H) v_n + bhn, what r multiplies
-    hs: np.ndarray  # (T, B, H) h_1..h_T
-    h0: np.ndarray  # (B, H)
+    hn: np.ndarray  # (T, B, H) v_n + bhn, what r multiplies; gru_backward overwrites it
+    hs: np.ndarray  # (T+1, B, H) h_0..h_T
     Whh: np.ndarray  # (H, 3H)
 
 
 def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray, buffer=None):
     """Run the GRU over u (T, B, 3H) = x Wxh + bh from h0 (B, H). u is overwritten with [r, z, n].
 
-    Returns hs (T, B, H) and a cache.
+    Returns hs (T, B, H) and a cache. The sigmoids are 1 / (1 + exp(-x)), with the
+    r and z columns of Whh negated once so that one subtraction forms -x (see the
+    LSTM's `exp_scale`); exp overflowing to inf gives the right 0.
     """
     T, B, G3 = u.shape
     H = G3 // 3
     dtype = u.dtype
-    hs = work(buffer, "hs", (T, B, H), dtype)
+    hs = work(buffer, "hs", (T + 1, B, H), dtype)
     hn = work(buffer, "hn", (T, B, H), dtype)
-    v = empty_aligned((B, G3), dtype)  # h_{t-1} Whh
-    h_prev = h0
-    for t in range(T):
-        ut = u[t]
-        np.matmul(h_prev, Whh, out=v)
-        rz = ut[:, : 2 * H]
-        rz += v[:, : 2 * H]
-        sigmoid_(rz)
-        r, z, n = ut[:, :H], ut[:, H : 2 * H], ut[:, 2 * H :]
-        hnt = hn[t]
-        np.add(v[:, 2 * H :], bhn, out=hnt)
-        ht = hs[t]
-        np.multiply(r, hnt, out=ht)  # ht as scratch: r * (v_n + bhn)
-        n += ht
-        np.tanh(n, out=n)
-        np.subtract(h_prev, n, out=ht)  # h_t = n + z * (h_{t-1} - n)
-        ht *= z
-        ht += n
-        h_prev = ht
-    return hs, GRUCache(u, hn, hs, h0, Whh)
+    Whh_s = aligned_copy(Whh, dtype)
+    Whh_s[:, : 2 * H] *= -1
+    v = empty_aligned((B, G3), dtype)  # h_{t-1} Whh, its r and z blocks negated
+    hs[0] = h0
+    with np.errstate(over="ignore"):
+        for t in range(T):
+            ut = u[t]
+            h_prev, ht = hs[t], hs[t + 1]
+            np.matmul(h_prev, Whh_s, out=v)
+            rz = ut[:, : 2 * H]
+            np.subtract(v[:, : 2 * H], rz, out=rz)  # -(u + v) for r and z
+            np.exp(rz, out=rz)
+            rz += 1
+            np.divide(1, rz, out=rz)
+            r, z, n = ut[:, :H], ut[:, H : 2 * H], ut[:, 2 * H :]
+            hnt = hn[t]
+            np.add(v[:, 2 * H :], bhn, out=hnt)
+            np.multiply(r, hnt, out=ht)  # ht as scratch: r * (v_n + bhn)
+            n += ht
+            np.tanh(n, out=n)
+            np.subtract(h_prev, n, out=ht)  # h_t = n + z * (h_{t-1} - n)
+            ht *= z
+            ht += n
+    return hs[1:], GRUCache(u, hn, hs, Whh)
+
+
+# Rows of (B, 3H) gate work that gru_backward prepares at once (see the LSTM's BLOCK_ROWS).
+BLOCK_ROWS = 256
 
 
 def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
-    """BPTT for `gru_forward`: gradients for (u, h0, Whh, bhn). dhs (T, B, H) is overwritten.
+    """BPTT for `gru_forward`: gradients for (u, h0, Whh, bhn). dhs (T, B, H) and cache.hn are overwritten.
 
     Returns du (T, B, 3H), dh0 (B, H), dWhh (H, 3H), dbhn (H,).
+
+    The factors the forward values fix, [(h_{t-1} - n) z (1-z), (1-z)(1-n^2)] for
+    da_z and da_n (times dh) and (v_n + bhn) r (1-r) for da_r (times da_n), are
+    written into du and over hn a block of steps at a time; the loop going back
+    multiplies them in place.
     """
-    gates, hn, hs, h0, Whh = cache
-    T, B, H = hs.shape
-    dtype = hs.dtype
+    gates, hn, hs, Whh = cache
+    T, B, H = hn.shape
+    dtype = hn.dtype
     du = work(buffer, "du", (T, B, 3 * H), dtype)
     dvn = work(buffer, "dvn", (T, B, H), dtype)  # dv_n for every step (dWhh's n block, dbhn)
+    K = max(1, min(T, BLOCK_ROWS // B))  # steps per block
+    x = work(buffer, "tmp", (K, B, H), dtype)
     WhhT = aligned_copy(Whh.T)
     carry = zeros_aligned((B, H), dtype)  # the gradient into h_t through step t+1
     dv = empty_aligned((B, 3 * H), dtype)  # dv_t = [da_r, da_z, dv_n]
     tmp = empty_aligned((B, H), dtype)
-    for t in range(T - 1, -1, -1):
-        g_t = gates[t]
-        r, z, n = g_t[:, :H], g_t[:, H : 2 * H], g_t[:, 2 * H :]
-        h_prev = hs[t - 1] if t else h0
-        dh = dhs[t]
-        dh += carry
-        d_t = du[t]
-        dr, dz, dn = d_t[:, :H], d_t[:, H : 2 * H], d_t[:, 2 * H :]
-        np.subtract(1, z, out=tmp)  # da_n = dh * (1 - z) * (1 - n^2)
-        np.multiply(dh, tmp, out=dn)
-        np.multiply(n, n, out=tmp)
-        np.subtract(1, tmp, out=tmp)
-        dn *= tmp
-        np.subtract(h_prev, n, out=dz)  # da_z = dh * (h_{t-1} - n) * z (1 - z)
-        dz *= dh
-        np.subtract(1, z, out=tmp)
-        tmp *= z
-        dz *= tmp
-        np.multiply(dn, hn[t], out=dr)  # da_r = da_n * (v_n + bhn) * r (1 - r)
-        np.subtract(1, r, out=tmp)
-        tmp *= r
-        dr *= tmp
-        np.multiply(dn, r, out=dvn[t])  # dv_n = da_n * r
-        dv[:, : 2 * H] = d_t[:, : 2 * H]
-        dv[:, 2 * H :] = dvn[t]
-        np.matmul(dv, WhhT, out=carry)
-        np.multiply(dh, z, out=tmp)  # the direct path h_{t-1} -> h_t
-        carry += tmp
+    du3 = du.reshape(T, B, 3, H)  # a view: the blocks r, z, n along axis 2
+    for t1 in range(T, 0, -K):
+        t0 = max(0, t1 - K)
+        G, D, q, xb = gates[t0:t1], du[t0:t1], hn[t0:t1], x[: t1 - t0]  # q: v_n + bhn -> r (1-r) q
+        r, z, n = G[..., :H], G[..., H : 2 * H], G[..., 2 * H :]
+        np.subtract(1, r, out=xb)
+        xb *= r
+        q *= xb  # (v_n + bhn) r (1-r)
+        np.subtract(1, z, out=xb)
+        np.multiply(n, n, out=D[..., 2 * H :])
+        np.subtract(1, D[..., 2 * H :], out=D[..., 2 * H :])
+        D[..., 2 * H :] *= xb  # (1-z)(1-n^2)
+        xb *= z
+        np.subtract(hs[t0:t1], n, out=D[..., H : 2 * H])
+        D[..., H : 2 * H] *= xb  # (h_{t-1} - n) z (1-z)
+        for t in range(t1 - 1, t0 - 1, -1):
+            g_t, d_t = gates[t], du[t]
+            dh = dhs[t]
+            dh += carry
+            du3[t, :, 1:] *= dh[:, None, :]  # da_z, da_n
+            np.multiply(d_t[:, 2 * H :], hn[t], out=d_t[:, :H])  # da_r = da_n (v_n + bhn) r (1-r)
+            np.multiply(d_t[:, 2 * H :], g_t[:, :H], out=dvn[t])  # dv_n = da_n * r
+            dv[:, : 2 * H] = d_t[:, : 2 * H]
+            dv[:, 2 * H :] = dvn[t]
+            np.matmul(dv, WhhT, out=carry)
+            np.multiply(dh, g_t[:, H : 2 * H], out=tmp)  # the direct path h_{t-1} -> h_t
+            carry += tmp
+    hp = hs[:-1].reshape(-1, H).T  # (H, T*B) h_0..h_{T-1}
     dWhh = np.empty((H, 3 * H), dtype=dtype)
-    dWhh[:, : 2 * H] = previous_states_product(h0, hs, du[..., : 2 * H])
-    dWhh[:, 2 * H :] = previous_states_product(h0, hs, dvn)
+    np.matmul(hp, du[..., : 2 * H].reshape(-1, 2 * H), out=dWhh[:, : 2 * H])
+    np.matmul(hp, dvn.reshape(-1, H), out=dWhh[:, 2 * H :])
     dbhn = np.ones(T * B, dtype=dtype) @ dvn.reshape(-1, H)
     return du, carry, dWhh, dbhn
 
@@ -150,7 +166,7 @@ class Cell(BaseCell):
 
     def forward(self, a, s0, p, buffer=None):
         hs, cache = gru_forward(a, s0, p["Whh"], p["bhn"], buffer)
-        return hs, (hs[-1] if hs.shape[0] else s0.copy()), cache
+        return hs, cache.hs[-1].copy(), cache
 
     def backward(self, dhs, cache, buffer=None):
         du, dh0, dWhh, dbhn = gru_backward(dhs, cache, buffer)
