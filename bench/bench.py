@@ -3,18 +3,21 @@
     pip install -e ".[bench]"        # torch (CPU build) and threadpoolctl
     python bench/bench.py [--data TEXT] [--repeats 5] [--threads 2] [--json]
 
-For each model size it times our training step (charrnn.train.train_step: forward,
+For each model (cell, size) it times our training step (charrnn.train.train_step: forward,
 BPTT, clipping, Adam) and the reference's, interleaved repeat by repeat so that
 the machine's drift hits both alike, and reports medians and ranges of characters
 per second (batch_size * seq_length * steps / time, after warm-up steps). Then:
-sampling speed at hidden 512, peak RSS of a short training run in a fresh process
-each, the float32 matrix-multiply rate numpy reaches on this machine, and our
-training throughput as a fraction of the bound that rate implies.
+sampling speed at hidden 512 (vanilla and LSTM), peak RSS of a short training run
+in a fresh process each (vanilla 1 x 512 and LSTM 2 x 512), the float32
+matrix-multiply rate numpy reaches at each model's step product, and our training
+throughput as a fraction of the bound that rate implies.
 
-FLOPs per character of a training step (matrix products only, multiply-add = 2):
-forward 2*H*H per layer for h_{t-1} Whh, 2*H*H per layer above the first for its
-input (layer 0 gathers a row: no FLOPs), 2*H*V for the output; backward twice the
-forward (one product for the input gradient, one for the weight gradient).
+FLOPs per character of a training step (matrix products only, multiply-add = 2),
+with G the cell's gate blocks (rnn 1, gru 3, lstm 4): forward 2*H*G*H per layer for
+h_{t-1} Whh, 2*H*G*H per layer above the first for its input (layer 0 gathers a
+row: no FLOPs), 2*H*V for the output; backward twice the forward (one product for
+the input gradient, one for the weight gradient). The bound: the GEMM rate of the
+step product (B, H) x (H, G*H), timed alone, divided by those FLOPs.
 """
 
 from __future__ import annotations
@@ -42,16 +45,21 @@ from charrnn.sampling import generate  # noqa: E402
 from charrnn.train import train_step, train_window, windows_per_epoch  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
-ROWS = [  # hidden, layers, batch, seq
-    (128, 1, 32, 64),
-    (256, 1, 64, 100),
-    (512, 1, 64, 100),
-    (512, 2, 64, 100),
+ROWS = [  # cell, hidden, layers, batch, seq
+    ("rnn", 128, 1, 32, 64),
+    ("rnn", 256, 1, 64, 100),
+    ("rnn", 512, 1, 64, 100),
+    ("rnn", 512, 2, 64, 100),
+    ("lstm", 128, 1, 32, 64),
+    ("lstm", 512, 2, 64, 100),
+    ("gru", 512, 2, 64, 100),
 ]
+GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 
 
-def flops_per_char(H: int, L: int, V: int) -> float:
-    forward = 2 * H * H * L + 2 * H * H * (L - 1) + 2 * H * V
+def flops_per_char(cell: str, H: int, L: int, V: int) -> float:
+    GH = GATES[cell] * H
+    forward = 2 * H * GH * L + 2 * H * GH * (L - 1) + 2 * H * V
     return 3.0 * forward
 
 
@@ -70,10 +78,10 @@ class Windows:
 class Ours:
     name = "charrnn"
 
-    def __init__(self, V, H, L, B, T):
+    def __init__(self, V, H, L, B, T, cell="rnn"):
         self.tc = TrainConfig(batch_size=B, seq_length=T, learning_rate=2e-3, grad_clip=5.0, warmup_steps=0,
                               lr_schedule="constant", optimizer="adam", random_offset=False)  # fmt: skip
-        self.model = CharRNN(V, H, L, seed=0)
+        self.model = CharRNN(V, H, L, cell, seed=0)
         self.state = init_state("adam", self.model.params)
         self.h, self.t = None, 0
 
@@ -83,10 +91,10 @@ class Ours:
         return loss
 
 
-def make_torch(V, H, L, B, T):
+def make_torch(V, H, L, B, T, cell="rnn"):
     from torch_ref import TorchTrainer
 
-    t = TorchTrainer(V, H, L)
+    t = TorchTrainer(V, H, L, cell)
     t.name = "pytorch"
     return t
 
@@ -119,11 +127,11 @@ def gemm_rate(m: int, k: int, n: int, seconds: float = 1.0) -> float:
     return statistics.median(rates)
 
 
-def child_rss(which: str, V: int, H: int, B: int, T: int, steps: int, data: str) -> float:
+def child_rss(which: str, cell: str, H: int, L: int, B: int, T: int, steps: int, data: str) -> float:
     """Peak RSS (MiB) of a fresh process that trains `steps` steps."""
     out = subprocess.run(
         [sys.executable, __file__, "--child", which, "--data", data, "--steps", str(steps), "--hidden", str(H),
-         "--batch", str(B), "--seq", str(T)],
+         "--batch", str(B), "--seq", str(T), "--cell", cell, "--layers", str(L)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     return float(out.stdout.strip().splitlines()[-1])
@@ -132,8 +140,8 @@ def child_rss(which: str, V: int, H: int, B: int, T: int, steps: int, data: str)
 def run_child(args) -> None:
     ids, V = load(args.data)
     windows = Windows(ids, args.batch, args.seq)
-    trainer = Ours(V, args.hidden, 1, args.batch, args.seq) if args.child == "ours" else make_torch(
-        V, args.hidden, 1, args.batch, args.seq)  # fmt: skip
+    make = Ours if args.child == "ours" else make_torch
+    trainer = make(V, args.hidden, args.layers, args.batch, args.seq, args.cell)
     for _ in range(args.steps):
         trainer.step(*windows.next())
     # VmHWM, the peak RSS of this process's own memory map; ru_maxrss would also count the parent's
@@ -159,7 +167,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--rows", default="0,1,2,3", help="which model sizes (indices into ROWS)")
+    ap.add_argument("--rows", default=",".join(map(str, range(len(ROWS)))), help="which models (indices into ROWS)")
     ap.add_argument("--sample-chars", type=int, default=5000)
     ap.add_argument("--no-torch", action="store_true", help="time charrnn alone")
     ap.add_argument("--json", action="store_true")
@@ -168,6 +176,8 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512, help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, default=64, help=argparse.SUPPRESS)
     ap.add_argument("--seq", type=int, default=100, help=argparse.SUPPRESS)
+    ap.add_argument("--cell", default="rnn", help=argparse.SUPPRESS)
+    ap.add_argument("--layers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -192,80 +202,83 @@ def main() -> None:
     log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
     log(f"data {args.data}: {len(ids):,} chars, V={V}; {args.threads} threads; BLAS {blas}")
 
+    rates: dict[tuple[int, int, int], float] = {}  # GEMM GFLOP/s by step-product shape
     for r in [int(i) for i in args.rows.split(",")]:
-        H, L, B, T = ROWS[r]
-        ours_t, torch_t = Ours(V, H, L, B, T), (make_torch(V, H, L, B, T) if use_torch else None)
+        cell, H, L, B, T = ROWS[r]
+        ours_t, torch_t = Ours(V, H, L, B, T, cell), (make_torch(V, H, L, B, T, cell) if use_torch else None)
         w_ours, w_torch = Windows(ids, B, T), Windows(ids, B, T)
         ours_r, torch_r = [], []
         for _ in range(args.repeats):  # interleaved
             ours_r.append(throughput(ours_t, w_ours, args.seconds))
             if use_torch:
                 torch_r.append(throughput(torch_t, w_torch, args.seconds))
-        row = {"hidden": H, "layers": L, "batch": B, "seq": T, "ours": spread(ours_r),
-               "flops_per_char": flops_per_char(H, L, V)}  # fmt: skip
+        del ours_t, torch_t
+        shape = (B, H, GATES[cell] * H)
+        if shape not in rates:
+            rates[shape] = gemm_rate(*shape)
+        fpc = flops_per_char(cell, H, L, V)
+        row = {"cell": cell, "hidden": H, "layers": L, "batch": B, "seq": T, "ours": spread(ours_r),
+               "flops_per_char": fpc, "gemm_gflops": rates[shape],
+               "bound_chars_per_sec": rates[shape] * 1e9 / fpc}  # fmt: skip
+        row["fraction_of_bound"] = row["ours"]["median"] / row["bound_chars_per_sec"]
         if use_torch:
             row["pytorch"] = spread(torch_r)
             row["ratio"] = row["ours"]["median"] / row["pytorch"]["median"]
         report["rows"].append(row)
-        log(f"H={H} L={L} B={B} T={T}: ours {row['ours']['median']:,.0f} chars/s"
+        log(f"{cell} {L}x{H} B={B} T={T}: ours {row['ours']['median']:,.0f} chars/s"
             + (f", pytorch {row['pytorch']['median']:,.0f}, ratio {row['ratio']:.2f}" if use_torch else ""))
-
-    # matrix-multiply rate and the bound it implies at hidden 512
-    step_rate = gemm_rate(64, 512, 512)
-    big_rate = gemm_rate(6400, 512, 512)
-    report["gemm_gflops"] = {"64x512x512": step_rate, "6400x512x512": big_rate}
-    for row in report["rows"]:
-        if row["hidden"] == 512:
-            ceiling = step_rate * 1e9 / row["flops_per_char"]
-            row["ceiling_chars_per_sec"] = ceiling
-            row["fraction_of_ceiling"] = row["ours"]["median"] / ceiling
 
     # sampling at hidden 512, one sample, one character at a time
     vocab = Vocab(tuple(chr(32 + i) for i in range(V)))
-    model = CharRNN(V, 512, 1, seed=0)
-    ours_s, torch_s = [], []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        generate(model, vocab, args.sample_chars, seed=0)
-        ours_s.append(args.sample_chars / (time.perf_counter() - t0))
-        if use_torch:
-            from torch_ref import torch_sample_speed
+    report["sampling"] = {}
+    for cell in ("rnn", "lstm"):
+        model = CharRNN(V, 512, 1, cell, seed=0)
+        ours_s, torch_s = [], []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            generate(model, vocab, args.sample_chars, seed=0)
+            ours_s.append(args.sample_chars / (time.perf_counter() - t0))
+            if use_torch:
+                from torch_ref import torch_sample_speed
 
-            torch_s.append(torch_sample_speed(V, 512, args.sample_chars))
-    report["sampling"] = {"ours": spread(ours_s)}
-    if use_torch:
-        report["sampling"]["pytorch"] = spread(torch_s)
-        report["sampling"]["ratio"] = statistics.median(ours_s) / statistics.median(torch_s)
+                torch_s.append(torch_sample_speed(V, 512, args.sample_chars, cell=cell))
+        entry = {"ours": spread(ours_s)}
+        if use_torch:
+            entry["pytorch"] = spread(torch_s)
+            entry["ratio"] = statistics.median(ours_s) / statistics.median(torch_s)
+        report["sampling"][cell] = entry
 
     # peak memory of a short training run, each in a fresh process
-    report["peak_rss_mib"] = {"ours": child_rss("ours", V, 512, 64, 100, 20, args.data)}
-    if use_torch:
-        report["peak_rss_mib"]["pytorch"] = child_rss("torch", V, 512, 64, 100, 20, args.data)
+    report["peak_rss_mib"] = {}
+    for cell, H, L, steps in (("rnn", 512, 1, 20), ("lstm", 512, 2, 8)):
+        entry = {"ours": child_rss("ours", cell, H, L, 64, 100, steps, args.data)}
+        if use_torch:
+            entry["pytorch"] = child_rss("torch", cell, H, L, 64, 100, steps, args.data)
+        report["peak_rss_mib"][f"{cell} {L}x{H}"] = entry
 
     if args.json:
         print(json.dumps(report, indent=1))
         return
     print(f"charrnn vs PyTorch {report.get('torch', '-')} on {Path(args.data).name}, float32, {args.threads} threads, "
           f"median of {args.repeats} interleaved runs [min - max]")  # fmt: skip
-    print(f"{'model':<22}{'charrnn chars/s':>28}{'pytorch chars/s':>28}{'ratio':>8}")
+    print(f"{'model':<26}{'charrnn chars/s':>28}{'pytorch chars/s':>28}{'ratio':>8}{'of bound':>10}")
     for row in report["rows"]:
         o, p = row["ours"], row.get("pytorch")
-        label = f"H{row['hidden']} x{row['layers']} B{row['batch']} T{row['seq']}"
+        label = f"{row['cell']} {row['layers']}x{row['hidden']} B{row['batch']} T{row['seq']}"
         ptxt = f"{p['median']:>10,.0f} [{p['min']:,.0f}-{p['max']:,.0f}]" if p else "-"
-        print(f"{label:<22}{o['median']:>10,.0f} [{o['min']:,.0f}-{o['max']:,.0f}]{ptxt:>28}"
-              f"{row.get('ratio', float('nan')):>8.2f}")  # fmt: skip
-    s = report["sampling"]
-    print(f"sampling H512, 1 sample: charrnn {s['ours']['median']:,.0f} chars/s"
-          + (f", pytorch {s['pytorch']['median']:,.0f}, ratio {s['ratio']:.2f}" if "pytorch" in s else ""))
-    m = report["peak_rss_mib"]
-    print(f"peak RSS, 20 steps H512 B64 T100: charrnn {m['ours']:.0f} MiB"
-          + (f", pytorch {m['pytorch']:.0f} MiB" if "pytorch" in m else ""))
-    g = report["gemm_gflops"]
-    print(f"numpy float32 GEMM: {g['64x512x512']:.0f} GFLOP/s at 64x512x512, {g['6400x512x512']:.0f} at 6400x512x512")
+        print(f"{label:<26}{o['median']:>10,.0f} [{o['min']:,.0f}-{o['max']:,.0f}]{ptxt:>28}"
+              f"{row.get('ratio', float('nan')):>8.2f}{row['fraction_of_bound']:>10.0%}")  # fmt: skip
+    for cell, s in report["sampling"].items():
+        print(f"sampling {cell} 1x512, 1 sample: charrnn {s['ours']['median']:,.0f} chars/s"
+              + (f", pytorch {s['pytorch']['median']:,.0f}, ratio {s['ratio']:.2f}" if "pytorch" in s else ""))
+    for name, m in report["peak_rss_mib"].items():
+        print(f"peak RSS, training {name} B64 T100: charrnn {m['ours']:.0f} MiB"
+              + (f", pytorch {m['pytorch']:.0f} MiB" if "pytorch" in m else ""))
     for row in report["rows"]:
-        if "ceiling_chars_per_sec" in row:
-            print(f"H512 x{row['layers']}: {row['flops_per_char'] / 1e6:.2f} MFLOP/char -> bound "
-                  f"{row['ceiling_chars_per_sec']:,.0f} chars/s; charrnn reaches {row['fraction_of_ceiling']:.0%}")
+        B, H, GH = row["batch"], row["hidden"], GATES[row["cell"]] * row["hidden"]
+        print(f"{row['cell']} {row['layers']}x{H} B{B}: {row['flops_per_char'] / 1e6:.2f} MFLOP/char; "
+              f"GEMM {row['gemm_gflops']:.0f} GFLOP/s at {B}x{H}x{GH} -> bound {row['bound_chars_per_sec']:,.0f} "
+              f"chars/s; charrnn reaches {row['fraction_of_bound']:.0%}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The PyTorch reference: the same model, batch layout and update as charrnn, for side-by-side timing.
 
-Model: one-hot input -> nn.RNN(V, H, L, nonlinearity="tanh", batch_first=True) ->
-nn.Linear(H, V); loss: cross-entropy (mean over B*T positions); update: Adam
+Model: one-hot input -> nn.RNN(V, H, L, nonlinearity="tanh", batch_first=True), or
+nn.LSTM / nn.GRU(V, H, L, batch_first=True) for the gated cells, -> nn.Linear(H, V);
+loss: cross-entropy (mean over B*T positions); update: Adam
 (lr 2e-3, PyTorch defaults otherwise) after clipping the global gradient norm to 5;
 batches: the same (B, T) windows of B parallel streams (charrnn.train.train_window),
 the hidden state carried across windows and detached (truncated BPTT). Sampling:
@@ -19,10 +20,14 @@ from torch import nn
 
 
 class TorchCharRNN(nn.Module):
-    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int):
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, cell: str = "rnn"):
         super().__init__()
         self.V = vocab_size
-        self.rnn = nn.RNN(vocab_size, hidden_size, num_layers, nonlinearity="tanh", batch_first=True)
+        if cell == "rnn":
+            self.rnn = nn.RNN(vocab_size, hidden_size, num_layers, nonlinearity="tanh", batch_first=True)
+        else:
+            module = {"lstm": nn.LSTM, "gru": nn.GRU}[cell]
+            self.rnn = module(vocab_size, hidden_size, num_layers, batch_first=True)
         self.fc = nn.Linear(hidden_size, vocab_size)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor | None):
@@ -34,9 +39,10 @@ class TorchCharRNN(nn.Module):
 class TorchTrainer:
     """Adam + global-norm clipping over carried-state windows, like charrnn's train_step."""
 
-    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, lr: float = 2e-3, clip: float = 5.0):
+    def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, cell: str = "rnn", lr: float = 2e-3,
+                 clip: float = 5.0):  # fmt: skip
         torch.manual_seed(0)
-        self.model = TorchCharRNN(vocab_size, hidden_size, num_layers)
+        self.model = TorchCharRNN(vocab_size, hidden_size, num_layers, cell)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.clip = clip
         self.h = None
@@ -49,15 +55,15 @@ class TorchTrainer:
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
-        self.h = h.detach()
+        self.h = tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()  # LSTM: (h, c)
         return loss.item()
 
 
 @torch.no_grad()
-def torch_sample_speed(vocab_size: int, hidden_size: int, n: int, temperature: float = 1.0) -> float:
+def torch_sample_speed(vocab_size: int, hidden_size: int, n: int, temperature: float = 1.0, cell: str = "rnn") -> float:
     """Characters per second generating n characters one at a time (batch of one)."""
     torch.manual_seed(0)
-    model = TorchCharRNN(vocab_size, hidden_size, 1).eval()
+    model = TorchCharRNN(vocab_size, hidden_size, 1, cell).eval()
     x = torch.zeros((1, 1), dtype=torch.long)
     h = None
     t0 = time.perf_counter()
