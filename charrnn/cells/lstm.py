@@ -54,8 +54,8 @@ def exp_scale(H: int, dtype) -> np.ndarray:
     """(4H,) column factors that turn the gates' pre-activations into exp arguments.
 
     sigmoid(x) = 1 / (1 + exp(-x)) and tanh(x) = 2 / (1 + exp(-2x)) - 1: after
-    a *= [-1, -1, -2, -1] (blocks i, f, g, o), one exp, one add and one divide over
-    all 4H columns give every gate, g as sigmoid(2 a_g) = (1 + g) / 2. numpy's exp
+    a *= [-1, -1, -2, -1] (blocks i, f, g, o), one exp, one add and one divide of
+    [1, 1, 2, 1] over all 4H columns give every gate, g as 1 + tanh(a_g). numpy's exp
     runs about twice as fast as its tanh, and the block-wise sigmoid-as-tanh it
     replaces took four calls per block. exp overflows to inf for very negative
     gates, and 1 / (1 + inf) = 0 is the right value: the loops ignore that warning.
@@ -63,6 +63,13 @@ def exp_scale(H: int, dtype) -> np.ndarray:
     s = np.full(4 * H, -1.0, dtype=dtype)
     s[2 * H : 3 * H] = -2.0
     return s
+
+
+# Rows of (B, 4H) gate work prepared in one call: the input terms' scaling in the forward, and in
+# the backward the factors that do not depend on the gradient flowing back. One call per block of
+# steps instead of one per step where the arrays are small; the block still fits in cache where
+# they are large.
+BLOCK_ROWS = 256
 
 
 def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
@@ -77,22 +84,24 @@ def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
     cs = work(buffer, "cs", (T + 1, B, H), dtype)
     tanh_cs = work(buffer, "tanh_cs", (T, B, H), dtype)
     scale = exp_scale(H, dtype)
+    numer = -scale  # [1, 1, 2, 1]: 2 / (1 + exp(-2 a_g)) = 1 + tanh(a_g)
     Whh_s = aligned_copy(Whh * scale, dtype)  # h_{t-1} Whh, already scaled
     rec = empty_aligned((B, G4), dtype)
     ig = empty_aligned((B, H), dtype)  # i * g
     cs[0] = s0[:, H:]
     h_prev = s0[:, :H]
+    K = max(1, BLOCK_ROWS // B)  # steps whose input terms are scaled in one call
     with np.errstate(over="ignore"):
         for t in range(T):
+            if t % K == 0:
+                a[t : t + K] *= scale
             at = a[t]
             np.matmul(h_prev, Whh_s, out=rec)
-            at *= scale
             at += rec
             np.exp(at, out=at)
             at += 1
-            np.divide(1, at, out=at)  # [i, f, (1 + g) / 2, o]
+            np.divide(numer, at, out=at)  # [i, f, 1 + g, o]
             i, f, g, o = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :]
-            g *= 2
             g -= 1
             c = cs[t + 1]
             np.multiply(f, cs[t], out=c)  # c_t = f * c_{t-1} + i * g
@@ -102,12 +111,6 @@ def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
             np.multiply(o, tanh_cs[t], out=hs[t])  # h_t = o * tanh(c_t)
             h_prev = hs[t]
     return hs, LSTMCache(a, cs, tanh_cs, hs, s0, Whh)
-
-
-# Rows of (B, 4H) gate work that lstm_backward prepares at once: the factors that do not depend
-# on the gradient flowing back are computed for a block of steps in one call per array (fewer
-# calls where they are small), while the block stays in cache (where they are large).
-BLOCK_ROWS = 256
 
 
 def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
