@@ -1,5 +1,7 @@
 """The cells: the registry, the common interface, each recurrence against a plain reference, dropout."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ GATES = {"rnn": 1, "lstm": 4, "gru": 3}
 
 
 def sig(z):
-    return 1 / (1 + np.exp(-z))
+    return 0.5 * np.tanh(0.5 * z) + 0.5  # the logistic function, without overflow for large |z|
 
 
 def reference_step(cell, p, x, s, H):
@@ -113,6 +115,26 @@ def test_the_engine_equals_the_equations_step_by_step(cell):
     ref_loss, ref_h = reference_loss(m, x, y, h0, mask)
     assert loss == pytest.approx(ref_loss, rel=1e-12)
     np.testing.assert_allclose(h, ref_h, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_saturated_gates_are_exact_and_silent(cell, dtype):
+    """The gates come from exp(-x), which overflows to inf for x below about -88 (float32) or -709:
+    1 / (1 + inf) = 0 is the right value, and no warning may escape into the user's terminal."""
+    r = randomised(cell)
+    r.params["layers.0.Wxh"] *= 2000  # pre-activations of several hundred, both signs
+    m = CharRNN(9, 6, 2, cell, dtype=dtype, params=r.params)
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 9, (3, 8)), rng.integers(0, 9, (3, 8))
+    h0, mask = np.zeros((2, 3, m.state_size), dtype), np.ones((3, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, grads, h = m.loss_and_grads(x, y, h0, mask)
+    ref_loss, ref_h = reference_loss(m, x, y, h0, mask)
+    assert loss == pytest.approx(ref_loss, rel=1e-12 if dtype == np.float64 else 1e-5)
+    np.testing.assert_allclose(h, ref_h, atol=1e-12 if dtype == np.float64 else 1e-5)
+    assert all(np.isfinite(g).all() for g in grads.values())
 
 
 @pytest.mark.parametrize("cell", CELL_NAMES)
