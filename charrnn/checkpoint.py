@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from .cells import make_cell
 from .config import ConfigError, config_from_json
 from .data import DataError, Vocab
 from .errors import CharRNNError
+from .files import atomic_write
 from .model import DTYPES, CharRNN, param_shapes
 
 FORMAT = "charrnn-checkpoint"
@@ -96,29 +96,10 @@ def save(path: str | os.PathLike, params, meta: dict, optim_state=None, h=None) 
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     arrays["meta"] = np.array(json.dumps(doc, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+        atomic_write(path, lambda f: np.savez(f, **arrays))
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e}; the previous one is kept") from None
 
 
 def _expected_shapes(config, vocab: Vocab) -> dict[str, tuple[int, ...]]:

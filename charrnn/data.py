@@ -17,7 +17,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CharRNNError
+from .files import atomic_write
 
 VOCAB_FILE, TRAIN_FILE, VAL_FILE = "vocab.json", "train.npy", "val.npy"
 DATA_FORMAT = 1
@@ -214,23 +214,6 @@ class Prepared:
         }  # fmt: skip
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write a file through a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def prepare(text: str, out_dir: str | os.PathLike, val_frac: float = 0.1) -> Prepared:
     """Encode text, split it contiguously (first 1 - val_frac for training) and write out_dir."""
     if not 0 < val_frac < 1:
@@ -246,11 +229,11 @@ def prepare(text: str, out_dir: str | os.PathLike, val_frac: float = 0.1) -> Pre
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out / TRAIN_FILE, lambda f: np.save(f, ids[:n_train].astype(dtype), allow_pickle=False))
-        _atomic_write(out / VAL_FILE, lambda f: np.save(f, ids[n_train:].astype(dtype), allow_pickle=False))
+        atomic_write(out / TRAIN_FILE, lambda f: np.save(f, ids[:n_train].astype(dtype), allow_pickle=False))
+        atomic_write(out / VAL_FILE, lambda f: np.save(f, ids[n_train:].astype(dtype), allow_pickle=False))
         meta = {"format": DATA_FORMAT, "size": vocab.size, **vocab.to_json(), "train_size": n_train, "val_size": n_val}
         blob = json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
-        _atomic_write(out / VOCAB_FILE, lambda f: f.write(blob))
+        atomic_write(out / VOCAB_FILE, lambda f: f.write(blob))
     except OSError as e:
         raise DataError(f"cannot write to {out}: {e.strerror or e}") from None
     order = sorted(range(vocab.size), key=lambda i: (-vocab.counts[i], i))[:10]

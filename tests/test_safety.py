@@ -327,3 +327,22 @@ def test_a_train_error_in_a_real_process_is_exactly_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "charrnn", "train", str(cfg)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), repr(r.stderr)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """Checkpoints and prepared data are written through a temporary file, which mkstemp makes 0600;
+    they must end with the mode every other new file of the user's gets, and leave no temporary file."""
+    from charrnn.data import prepare
+    from charrnn.model import CharRNN
+
+    old = os.umask(umask)
+    try:
+        prepare("to be or not to be, that is the question\n" * 20, tmp_path / "data")
+        m = CharRNN(10, 4)
+        checkpoint.save(tmp_path / "ck" / "last.npz", m.params, {"step": 0})
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 4 and not [p for p in files if p.name.endswith(".tmp")]
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: mode for p in files}
