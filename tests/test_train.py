@@ -9,6 +9,7 @@ from conftest import write_config
 
 from charrnn import checkpoint
 from charrnn.config import load_config
+from charrnn.model import param_shapes
 from charrnn.train import TrainError, eval_windows, train, train_window, windows_per_epoch
 
 
@@ -59,7 +60,8 @@ def test_training_learns_and_writes_checkpoints(tmp_path, data_dir):
     assert events[0] == "start" and events[-1] == "end" and events.count("eval") == 3
     ck = checkpoint.load(run / "last.npz")
     assert ck.step == 60 and ck.meta["config"]["train"]["max_steps"] == 60
-    assert set(ck.params) == set(ck.model().params)
+    V = len(json.loads((data_dir / "vocab.json").read_text())["chars"])
+    assert {k: v.shape for k, v in ck.params.items()} == param_shapes(V, 16, 1)
     assert ck.h is not None and ck.h.shape == (1, 4, 16)
     assert set(ck.optim_state) == {f"{s}.{k}" for s in ("m", "v") for k in ck.params}
     assert len(ck.meta["history"]) == 3 and ck.meta["rng"]["bit_generator"] == "PCG64"
@@ -210,7 +212,8 @@ def test_early_stopping_and_time_limit(tmp_path, data_dir):
     cfg2 = load_config(write_config(tmp_path / "..", data_dir, max_steps=10**6, time_limit=0.5))
     cfg2.out_dir = str(tmp_path / "t")
     r2 = train(cfg2)
-    assert r2.status == "time_limit" and r2.step < 10**6
+    assert r2.status == "time_limit" and r2.step >= 1  # stopped by the clock, long before max_steps
+    assert checkpoint.load(tmp_path / "t" / "last.npz").step == r2.step  # and saved where it stopped
 
 
 def test_too_long_windows_are_refused(tmp_path, data_dir):
