@@ -113,6 +113,12 @@ def _positive(value: Optional[float]) -> Optional[float]:
     return value
 
 
+def _temperature(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value}; for the most likely character every time use --argmax")
+    return value
+
+
 def _top_p(value: Optional[float]) -> Optional[float]:
     if value is not None and not 0 < value <= 1:
         raise typer.BadParameter(f"must lie in (0, 1], got {value}")
@@ -338,7 +344,7 @@ def sample(
     ckpt: CkptOpt,
     n: Annotated[int, typer.Option("-n", "--chars", min=0, help="Characters to generate per sample.")] = 1000,
     temperature: Annotated[
-        float, typer.Option("--temperature", "-t", callback=_positive, help="Softmax temperature (> 0).")
+        float, typer.Option("--temperature", "-t", callback=_temperature, help="Softmax temperature (> 0).")
     ] = 1.0,
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Keep only the K most likely characters.")] = None,
     top_p: Annotated[
@@ -364,6 +370,8 @@ def sample(
 
     if prime is not None and prime_file is not None:
         raise typer.BadParameter("give --prime or --prime-file, not both")
+    if argmax and (temperature != 1.0 or top_k is not None or top_p is not None):
+        raise typer.BadParameter("--argmax always takes the most likely character: drop --temperature, --top-k and --top-p")
     with _user_errors():
         from .data import decode_bytes, read_text
 

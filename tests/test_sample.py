@@ -136,6 +136,16 @@ def test_cli_bad_options_are_usage_errors(run_dir):
         assert r.exit_code == 2, args
 
 
+def test_cli_temperature_zero_points_to_argmax_and_argmax_refuses_what_it_would_ignore(run_dir):
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "--temperature", "0"])
+    assert r.exit_code == 2 and "use --argmax" in r.stderr and r.stdout == ""
+    for args in (["-t", "0.5"], ["--top-k", "3"], ["--top-p", "0.9"]):
+        r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--argmax", *args])
+        assert r.exit_code == 2 and "--argmax always takes the most likely character" in r.stderr, args
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--argmax"])
+    assert r.exit_code == 0 and len(r.stdout) == 6
+
+
 def test_checkpoint_holds_everything_needed_to_sample(run_dir, tmp_path):
     # copy the checkpoint away from its data folder: sampling needs nothing else
     dst = tmp_path / "alone.npz"
