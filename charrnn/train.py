@@ -37,7 +37,7 @@ import numpy as np
 
 from . import checkpoint
 from .config import Config, config_from_json
-from .data import Dataset, load_dataset
+from .data import DataError, Dataset, load_dataset
 from .errors import CharRNNError
 from .model import DTYPES, CharRNN, init_params
 from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
@@ -362,7 +362,13 @@ def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None =
     """Validation loss of a checkpoint over the whole val split of its data (or of `data`)."""
     ckpt = checkpoint.load(path)
     cfg = ckpt.config
-    ds = load_dataset(data or cfg.data)
+    try:
+        ds = load_dataset(data or cfg.data)
+    except DataError as e:
+        if data is not None:
+            raise
+        raise TrainError(f"{e}; or, if the data folder moved, name it with --data "
+                         f"(this checkpoint was trained on {cfg.data})") from None  # fmt: skip
     if ds.vocab.chars != ckpt.vocab.chars:
         raise TrainError(f"the vocabulary of {ds.path} differs from the checkpoint's")
     model = ckpt.model()

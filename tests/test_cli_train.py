@@ -75,6 +75,13 @@ def test_train_json_eval_and_sample(tmp_path, data_dir):
     assert r.exit_code == 0, r.stderr
     assert r.stdout.startswith("All:") and len(r.stdout) == len("All:") + 50 + 1
     assert r.stderr == ""
+    moved = tmp_path / "moved"
+    data_dir.rename(moved)  # the data folder moved: eval says how to name it
+    r = runner.invoke(app, ["eval", "--ckpt", str(run)])
+    assert r.exit_code == 1 and "charrnn prepare" in r.stderr and "--data" in r.stderr and str(data_dir) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = runner.invoke(app, ["eval", "--ckpt", str(run), "--data", str(moved), "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["val_loss"] == ev["val_loss"]
 
 
 def test_train_quiet_prints_nothing_and_errors_are_one_line(tmp_path, data_dir):
