@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from charrnn import CharRNN  # noqa: E402
+from charrnn.cells import cell_class  # noqa: E402
 from charrnn.config import TrainConfig  # noqa: E402
 from charrnn.data import Vocab, build_vocab  # noqa: E402
 from charrnn.optim import init_state  # noqa: E402
@@ -54,11 +55,15 @@ ROWS = [  # cell, hidden, layers, batch, seq
     ("lstm", 512, 2, 64, 100),
     ("gru", 512, 2, 64, 100),
 ]
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
+
+
+def gates(cell: str) -> int:
+    """G, the cell's gate blocks (rnn 1, gru 3, lstm 4), as the registry's cell says."""
+    return cell_class(cell).gates
 
 
 def flops_per_char(cell: str, H: int, L: int, V: int) -> float:
-    GH = GATES[cell] * H
+    GH = gates(cell) * H
     forward = 2 * H * GH * L + 2 * H * GH * (L - 1) + 2 * H * V
     return 3.0 * forward
 
@@ -213,7 +218,7 @@ def main() -> None:
             if use_torch:
                 torch_r.append(throughput(torch_t, w_torch, args.seconds))
         del ours_t, torch_t
-        shape = (B, H, GATES[cell] * H)
+        shape = (B, H, gates(cell) * H)
         if shape not in rates:
             rates[shape] = gemm_rate(*shape)
         fpc = flops_per_char(cell, H, L, V)
@@ -275,7 +280,7 @@ def main() -> None:
         print(f"peak RSS, training {name} B64 T100: charrnn {m['ours']:.0f} MiB"
               + (f", pytorch {m['pytorch']:.0f} MiB" if "pytorch" in m else ""))
     for row in report["rows"]:
-        B, H, GH = row["batch"], row["hidden"], GATES[row["cell"]] * row["hidden"]
+        B, H, GH = row["batch"], row["hidden"], gates(row["cell"]) * row["hidden"]
         print(f"{row['cell']} {row['layers']}x{H} B{B}: {row['flops_per_char'] / 1e6:.2f} MFLOP/char; "
               f"GEMM {row['gemm_gflops']:.0f} GFLOP/s at {B}x{H}x{GH} -> bound {row['bound_chars_per_sec']:,.0f} "
               f"chars/s; charrnn reaches {row['fraction_of_bound']:.0%}")  # fmt: skip

@@ -45,6 +45,18 @@ def work(buffer, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return empty_aligned(shape, dtype) if buffer is None else buffer(name, shape)
 
 
+# Rows of (B, G*H) gate work that the gated cells prepare in one call: in the forward the LSTM's
+# input-term scaling, in the backward the factors that do not depend on the gradient flowing back.
+# One call per block of steps instead of one per step where the arrays are small; the block still
+# fits in cache where they are large.
+BLOCK_ROWS = 256
+
+
+def block_steps(T: int, B: int) -> int:
+    """Time steps per block of BLOCK_ROWS rows (at least 1, at most T unless T = 0)."""
+    return max(1, min(T, BLOCK_ROWS // B))
+
+
 def sigmoid_(x: np.ndarray) -> np.ndarray:
     """The logistic function in place, as 0.5 * tanh(x / 2) + 0.5: one vectorised tanh, no overflow."""
     x *= 0.5

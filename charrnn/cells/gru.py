@@ -29,7 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..layers import aligned_copy, empty_aligned, zeros_aligned
-from .base import BaseCell, input_weights, orthogonal, sigmoid_, work
+from .base import BaseCell, block_steps, input_weights, orthogonal, sigmoid_, work
 
 
 class GRUCache(NamedTuple):
@@ -77,10 +77,6 @@ def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray,
     return hs[1:], GRUCache(u, hn, hs, Whh)
 
 
-# Rows of (B, 3H) gate work that gru_backward prepares at once (see the LSTM's BLOCK_ROWS).
-BLOCK_ROWS = 256
-
-
 def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
     """BPTT for `gru_forward`: gradients for (u, h0, Whh, bhn). dhs (T, B, H) and cache.hn are overwritten.
 
@@ -96,7 +92,7 @@ def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
     dtype = hn.dtype
     du = work(buffer, "du", (T, B, 3 * H), dtype)
     dvn = work(buffer, "dvn", (T, B, H), dtype)  # dv_n for every step (dWhh's n block, dbhn)
-    K = max(1, min(T, BLOCK_ROWS // B))  # steps per block
+    K = block_steps(T, B)
     x = work(buffer, "tmp", (K, B, H), dtype)
     WhhT = aligned_copy(Whh.T)
     carry = zeros_aligned((B, H), dtype)  # the gradient into h_t through step t+1

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..layers import aligned_copy, empty_aligned, zeros_aligned
-from .base import BaseCell, input_weights, orthogonal, previous_states_product, sigmoid_, work
+from .base import BaseCell, block_steps, input_weights, orthogonal, previous_states_product, sigmoid_, work
 
 # Initial bias of the forget gate. Jozefowicz, Zaremba & Sutskever (2015) recommend 1; on
 # tiny-shakespeare (1 x 256, B32 T64, Adam 2e-3 cosine, whole-split validation) 0 measured
@@ -65,13 +65,6 @@ def exp_scale(H: int, dtype) -> np.ndarray:
     return s
 
 
-# Rows of (B, 4H) gate work prepared in one call: the input terms' scaling in the forward, and in
-# the backward the factors that do not depend on the gradient flowing back. One call per block of
-# steps instead of one per step where the arrays are small; the block still fits in cache where
-# they are large.
-BLOCK_ROWS = 256
-
-
 def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
     """Run the LSTM over a (T, B, 4H) = x Wxh + bh from state s0 (B, 2H) = [h_0, c_0].
 
@@ -90,7 +83,7 @@ def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
     ig = empty_aligned((B, H), dtype)  # i * g
     cs[0] = s0[:, H:]
     h_prev = s0[:, :H]
-    K = max(1, BLOCK_ROWS // B)  # steps whose input terms are scaled in one call
+    K = block_steps(T, B)  # steps whose input terms are scaled in one call
     with np.errstate(over="ignore"):
         for t in range(T):
             if t % K == 0:
@@ -128,7 +121,7 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
     T, B, H = hs.shape
     dtype = hs.dtype
     da = work(buffer, "da", (T, B, 4 * H), dtype)
-    K = max(1, min(T, BLOCK_ROWS // B))  # steps per block
+    K = block_steps(T, B)
     tmp = work(buffer, "tmp", (K, B, 2 * H), dtype)
     WhhT = aligned_copy(Whh.T)  # C-ordered: the step product runs faster than on the transposed view
     ds0 = zeros_aligned((B, 2 * H), dtype)
