@@ -316,6 +316,13 @@ class CharRNN:
 
     # ---------------------------------------------------------------- backward
 
+    def kink_pattern(self, cache: ModelCache) -> np.ndarray | None:
+        """The cells' kink patterns (`BaseCell.kink_pattern`) of a forward pass, as one flat array, or None."""
+        parts = [self.cell.kink_pattern(c) for c in cache.cells]
+        if all(part is None for part in parts):
+            return None
+        return np.concatenate([np.ravel(part) for part in parts if part is not None])
+
     def backward(self, cache: ModelCache):
         """Gradients of the loss of `forward_loss`: (grads keyed like params, dh0 (L, B, S))."""
         return self._backward(cache)

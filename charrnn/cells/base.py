@@ -24,6 +24,15 @@ class BaseCell:
         """Whether the cell's derivative is continuous (gradcheck takes larger steps then)."""
         return True
 
+    def kink_pattern(self, cache):
+        """Which piece of its nonlinearity every unit is on, for a cell with kinks (None: smooth).
+
+        A numerical derivative is only the slope the backward pass computes if every
+        point of the difference stays on the same pieces: gradcheck compares this
+        pattern at each point and leaves out the entries whose step crosses a kink.
+        """
+        return None
+
     def state_size(self, H: int) -> int:
         return self.state_factor * H
 
