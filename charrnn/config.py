@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from .cells import CELL_NAMES, cell_class
+from .cells import CELL_NAMES, cell_activations
 from .errors import CharRNNError
 
 
@@ -62,9 +62,12 @@ class TrainConfig:
     weight_decay: float = 0.0  # decoupled, on weight matrices only (not biases)
     grad_clip: float = 5.0  # clip the global gradient norm; 0 disables
     eval_every: int = 200
+    log_every: int = 10  # append the mean training loss of every this many steps to out_dir/train.jsonl
     eval_chars: int = 0  # validation characters per evaluation; 0 = the whole split, exactly once
     patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     seed: int = 0
+    threads: int = 0  # BLAS threads for the matrix products; 0 = the library's default (every core)
+    init_from: str | None = None  # fine-tune: start from this checkpoint file or run folder (see README)
     time_limit: float | None = None  # wall-clock budget in seconds ("90s", "10m", "1.5h" also read)
     sample_chars: int = 200  # characters sampled after each evaluation; 0 = none
     sample_temperature: float = 0.8
@@ -90,12 +93,12 @@ CHOICES = {
 }
 POSITIVE = {  # must be > 0
     "model.hidden_size", "model.num_layers", "train.batch_size", "train.seq_length", "train.max_steps",
-    "train.learning_rate", "train.eval_every", "train.lr_decay_every", "train.eps", "train.sample_temperature",
-    "train.input_lr_scale",
+    "train.learning_rate", "train.eval_every", "train.log_every", "train.lr_decay_every", "train.eps",
+    "train.sample_temperature", "train.input_lr_scale",
 }  # fmt: skip
 NON_NEGATIVE = {
     "train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.eval_chars", "train.patience",
-    "train.sample_chars", "train.seed",
+    "train.sample_chars", "train.seed", "train.threads",
 }  # fmt: skip
 UNIT_INTERVAL = {  # must lie in [0, 1)
     "model.dropout", "train.momentum", "train.beta1", "train.beta2", "train.rms_decay",
@@ -161,6 +164,8 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
             unit = (m.group(2) or "s").lower()
             return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
         return _coerce(key, value, "float")
+    if typ == "str | None":
+        return None if value is None else _coerce(key, value, "str")
     if typ == "bool":
         if not isinstance(value, bool):
             raise bad("true or false")
@@ -217,7 +222,7 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
                 setattr(section, sub, v)
         else:
             setattr(cfg, key, _coerce(key, value, str(top_fields[key].type)))
-    allowed = cell_class(cfg.model.cell).activations
+    allowed = cell_activations(cfg.model.cell)
     if cfg.model.activation not in allowed:
         why = " (relu is for cell rnn only)" if cfg.model.activation == "relu" else ""
         raise ConfigError(

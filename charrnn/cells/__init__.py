@@ -22,9 +22,11 @@ as an output; `buffer(name, shape)`, if given, supplies work arrays kept from
 call to call (the model's; None allocates fresh ones). p maps the cell's own
 parameter names (Wxh, Whh, bh and any extra) to arrays.
 
-The registry maps a name to its module, imported on first use, so that naming
-the cells (config validation, the CLI's --help) does not load numpy. A fourth
-cell is one new module with a `Cell` class and one line here.
+The registry maps a name to its module, imported on first use, and to the
+nonlinearities it takes, so that naming and validating the cells (the config,
+the CLI's --help) does not load numpy: `--threads` must act before numpy loads
+its BLAS. A fourth cell is one new module with a `Cell` class and a line in each
+table here.
 """
 
 from __future__ import annotations
@@ -37,6 +39,18 @@ REGISTRY = {  # name -> module in this package defining `Cell`
     "gru": "gru",
 }
 CELL_NAMES = tuple(REGISTRY)
+ACTIVATIONS = {  # name -> the nonlinearities the cell takes, its default first (its Cell reads them from here)
+    "rnn": ("tanh", "relu"),
+    "lstm": ("tanh",),
+    "gru": ("tanh",),
+}
+
+
+def cell_activations(name: str) -> tuple[str, ...]:
+    """The nonlinearities a cell takes, without importing it (config validation runs before numpy loads)."""
+    if name not in REGISTRY:
+        raise ValueError(f"cell must be one of {', '.join(CELL_NAMES)}, got {name!r}")
+    return ACTIVATIONS[name]
 
 
 def cell_class(name: str):

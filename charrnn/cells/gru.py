@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..layers import aligned_copy, empty_aligned, zeros_aligned
+from . import cell_activations
 from .base import BaseCell, block_steps, input_weights, orthogonal, sigmoid_, work
 
 
@@ -138,6 +139,7 @@ class Cell(BaseCell):
 
     name = "gru"
     gates = 3
+    activations = cell_activations("gru")
 
     def param_shapes(self, D: int, H: int) -> dict[str, tuple[int, ...]]:
         return {**super().param_shapes(D, H), "bhn": (H,)}

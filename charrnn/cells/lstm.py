@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..layers import aligned_copy, empty_aligned, zeros_aligned
+from . import cell_activations
 from .base import BaseCell, block_steps, input_weights, orthogonal, previous_states_product, sigmoid_, work
 
 # Initial bias of the forget gate. Jozefowicz, Zaremba & Sutskever (2015) recommend 1; on
@@ -168,6 +169,7 @@ class Cell(BaseCell):
 
     name = "lstm"
     gates = 4
+    activations = cell_activations("lstm")
     state_factor = 2
 
     def init_params(self, D: int, H: int, rng: np.random.Generator, embedding: bool) -> dict[str, np.ndarray]:
