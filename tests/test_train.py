@@ -2,6 +2,7 @@
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -181,10 +182,25 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
         return real(grads, max_norm)
 
     monkeypatch.setattr(train_module, "clip_by_global_norm", poisoned)
-    with pytest.raises(TrainError, match=r"at step 25.*learning_rate.*grad_clip"):
+    with pytest.raises(TrainError, match=r"at step 25.*learning_rate.*checkpoint \(step 20\) is kept in .*last.npz"):
         train(cfg)
     ck = checkpoint.load(tmp_path / "run" / "last.npz")
     assert ck.step == 20  # the last evaluation's checkpoint survives, with finite parameters
+
+
+def test_divergence_before_the_first_checkpoint_says_none_was_written_and_warns_nothing(tmp_path, data_dir):
+    # unbounded relu units, no clipping and an absurd rate: the loss overflows at step 2
+    cfg = load_config(write_config(tmp_path, data_dir, model={"activation": "relu"}, max_steps=40, eval_every=20,
+                                   learning_rate=1e4, grad_clip=0, optimizer="sgd", warmup_steps=0))  # fmt: skip
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(TrainError) as e:
+            train(cfg)
+    message = str(e.value)
+    assert "no checkpoint was written yet (the first comes at step 20)" in message
+    assert "at step 2 " in message and "set train.grad_clip" in message and "kept" not in message
+    assert [str(w.message) for w in caught] == []  # numpy's overflow warnings would precede the one-line error
+    assert not (tmp_path / "run" / "last.npz").exists()
 
 
 def test_an_interrupted_save_leaves_the_previous_checkpoint(tmp_path, data_dir, monkeypatch):
@@ -220,3 +236,37 @@ def test_too_long_windows_are_refused(tmp_path, data_dir):
     cfg = load_config(write_config(tmp_path, data_dir, seq_length=5000))
     with pytest.raises(TrainError, match="too short"):
         train(cfg)
+
+
+def test_relu_with_the_default_rates_trains_without_blowing_up(tmp_path, data_dir):
+    # the identity recurrence (IRNN) that relu started from summed the inputs of every carried window:
+    # this run's logged loss went 12, 120, 1152 before recovering; the contraction keeps it below log V
+    cfg = load_config(write_config(tmp_path, data_dir, model={"activation": "relu"}, hidden_size=64, batch_size=8,
+                                   seq_length=32, max_steps=60, eval_every=30, learning_rate=2e-3,
+                                   lr_schedule="cosine", warmup_steps=10, log_every=5))  # fmt: skip
+    train(cfg)
+    losses = [json.loads(line)["train_loss"] for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert len(losses) == 12
+    assert max(losses) < 4.0 and losses[-1] < 2.2
+
+
+def test_train_log_holds_the_mean_loss_of_every_log_every_steps_and_is_trimmed_on_resume(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=30, eval_every=10, log_every=4))
+    losses = []
+    train(cfg, callback=lambda kind, info: losses.append(info["loss"]) if kind == "step" else None)
+    log = tmp_path / "run" / "train.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24, 28]
+    assert rows[1]["train_loss"] == pytest.approx(np.mean(losses[4:8]))
+    assert {"lr", "grad_norm", "chars_per_sec", "elapsed_s"} <= set(rows[0])
+    # a run killed at step 27 after checkpointing step 20 logged steps 24; resuming must not log them twice
+    full = log.read_text()
+    ck20 = tmp_path / "ck20.npz"
+    cfg.train.max_steps = 20
+    train(cfg, force=True)
+    (tmp_path / "run" / "last.npz").replace(ck20)
+    log.write_text(full[: full.index('{"step": 28')] + '{"step": 2')  # steps 4..24 and a torn line
+    ck20.replace(tmp_path / "run" / "last.npz")
+    cfg.train.max_steps = 30
+    train(cfg, resume=True)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [4, 8, 12, 16, 20, 24, 28]
