@@ -17,7 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
 from .errors import CharRNNError
@@ -49,6 +49,31 @@ class _OneLineErrors(TyperGroup):
             print("aborted", file=sys.stderr)
             sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+class _Command(TyperCommand):
+    """Typer's command, with help that reads like every other Unix tool's.
+
+    typer 0.29 puts a type column after every option, `<bool>` for flags too, and
+    writes a required argument as `{config}` in the usage line. Here a flag shows no
+    type, and the usage line names arguments in capitals, optional ones in brackets:
+    `charrnn train [OPTIONS] CONFIG`.
+    """
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for p in params:
+            if getattr(p, "is_flag", False) and p.metavar is None:
+                p.metavar = ""  # typer shows the metavar, when set, in place of the type
+        return params
+
+    def collect_usage_pieces(self, ctx):
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if p.param_type_name == "argument":
+                name = (p.metavar or p.name).upper()
+                pieces.append(name if p.required else f"[{name}]")
+        return pieces
 
 
 app = typer.Typer(
@@ -165,15 +190,15 @@ class ErrorsMode(str, Enum):
 CkptOpt = Annotated[str, typer.Option("--ckpt", help="Checkpoint file, or run folder (its best.npz, else last.npz).")]
 
 
-@app.command()
+@app.command(cls=_Command)
 def prepare(
     input: Annotated[
         Optional[str], typer.Argument(help="Text file to prepare, or - for standard input.", show_default=False)
     ] = None,
     corpus: Annotated[
-        Optional[str], typer.Option("--corpus", help="A built-in corpus instead of INPUT: shakespeare.")
+        Optional[str], typer.Option("--corpus", help="A built-in corpus instead of INPUT: shakespeare, or one play: shakespeare:macbeth.")
     ] = None,
-    out_dir: Annotated[Optional[str], typer.Option("--out", help="Output folder [default: data/<input stem>].")] = None,
+    out_dir: Annotated[Optional[str], typer.Option("--out", help="Output folder.", show_default="data/<input stem>")] = None,
     val_frac: Annotated[
         float, typer.Option("--val-frac", callback=_fraction, help="Fraction of the text, at its end, kept for validation.")
     ] = 0.1,
@@ -190,7 +215,7 @@ def prepare(
         raise typer.BadParameter("give exactly one of INPUT (a path or -) and --corpus NAME")
     with _user_errors():
         if corpus is not None:
-            text, stem = data.corpus_text(corpus), corpus
+            text, stem = data.corpus_text(corpus), corpus.rpartition(":")[2]
         else:
             text = data.read_text(input, encoding, errors.value)
             stem = "stdin" if input == "-" else os.path.splitext(os.path.basename(os.path.normpath(input)))[0]
@@ -208,14 +233,51 @@ def prepare(
     err.print(table)
 
 
-@app.command()
+def _overrides(values: Optional[list[str]]) -> Optional[list[str]]:
+    """--set values must read key.path=value: a malformed one is a usage error (exit 2)."""
+    from .config import ConfigError, parse_override
+
+    for text in values or []:
+        try:
+            parse_override(text)
+        except ConfigError as e:
+            raise typer.BadParameter(str(e).removeprefix("--set ")) from None
+    return values
+
+
+def _threads(n: Optional[int]) -> None:
+    """Limit the BLAS threads before the command imports numpy (see charrnn.threads)."""
+    if n:
+        from .threads import set_threads
+
+        with _user_errors():
+            set_threads(n)
+
+
+ThreadsOpt = Annotated[
+    Optional[int],
+    typer.Option("--threads", min=1, metavar="N", help="Threads for the matrix products.", show_default="every core"),
+]
+
+
+@app.command(cls=_Command)
 def train(
     config: Annotated[str, typer.Argument(help="YAML config file.", show_default=False)],
     overrides: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Override a config value: key.path=value (repeatable).")
+        Optional[list[str]],
+        typer.Option("--set", callback=_overrides, metavar="KEY=VALUE", help="Override a config value: key.path=value (repeatable)."),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from out_dir/last.npz.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over even if out_dir holds a run.")] = False,
+    init_from: Annotated[
+        Optional[str],
+        typer.Option("--init-from", metavar="PATH", help="Fine-tune: start from this checkpoint or run folder (train.init_from)."),
+    ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option("--threads", min=1, metavar="N", help="Threads for the matrix products (train.threads).",
+                     show_default="every core"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display, no samples.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per evaluation on stdout.")] = False,
 ) -> None:
@@ -223,12 +285,18 @@ def train(
     import signal
 
     from .config import load_config
-    from .train import train as run_train
 
     if resume and force:
         raise typer.BadParameter("--resume and --force exclude each other")
     with _user_errors():
         cfg = load_config(config, overrides or [])
+    if init_from is not None:
+        cfg.train.init_from = init_from
+    if threads is not None:
+        cfg.train.threads = threads
+    _threads(cfg.train.threads)  # before numpy loads
+    from .train import train as run_train
+
     presses = [0]
 
     def on_sigint(signum, frame):
@@ -245,10 +313,8 @@ def train(
         # after a Ctrl-C, further presses must not kill us while we report and exit 130
         signal.signal(signal.SIGINT, signal.SIG_IGN if presses[0] else old)
     if result.status == "interrupted":
-        err.print(
-            f"interrupted at step {result.step}; saved {result.checkpoint}\n"
-            f"resume with: charrnn train {config} --resume", highlight=False,
-        )
+        err.print(f"interrupted at step {result.step}; saved {result.checkpoint}\n"
+                  f"resume with: {resume_command(config, overrides, init_from, threads)}", highlight=False)  # fmt: skip
         raise typer.Exit(130)
     if not quiet:
         how = {"done": "finished", "early_stop": "stopped early (patience)", "time_limit": "reached the time limit"}
@@ -257,27 +323,50 @@ def train(
                   highlight=False)
 
 
+def resume_command(config: str, overrides: Optional[list[str]], init_from: Optional[str], threads: Optional[int]) -> str:
+    """The shell command that continues this run: the same config and options, with --resume."""
+    import shlex
+
+    words = ["charrnn", "train", config]
+    for text in overrides or []:
+        words += ["--set", text]
+    if init_from is not None:
+        words += ["--init-from", init_from]
+    if threads is not None:
+        words += ["--threads", str(threads)]
+    return shlex.join(words + ["--resume"])
+
+
 class _TrainDisplay:
-    """Renders the training loop's callback events: a Rich progress bar and log lines on stderr, JSON on stdout."""
+    """Renders the training loop's callback events: a Rich progress bar and log lines on stderr, JSON on stdout.
+
+    The live line is `step N/M, bar, ETA, loss | val | |g| | speed | lr`, most
+    important first, so that a narrow terminal cuts the least useful statistics.
+    The ETA is the nearer of the last step and the time limit, at the pace since
+    the start (evaluations included).
+    """
 
     def __init__(self, quiet: bool, as_json: bool):
         self.quiet, self.as_json = quiet, as_json
         self.progress = None
         self.task = None
         self.val = "-"
+        self.last_step: dict | None = None
+        self.time_limit = None
+        self.start_wall = self.start_step = self.start_elapsed = None
 
     def __enter__(self):
         return self
 
     def _start_progress(self):
         """The live display starts with training, so an error before it stays a single line."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
         from rich.table import Column
 
         # the step count, bar and ETA keep their width; on a narrow terminal the statistics are cut instead
         self.progress = Progress(
-            TextColumn("step"), MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11)),
-            BarColumn(bar_width=24), TimeRemainingColumn(table_column=Column(no_wrap=True, min_width=7)),
+            MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=9)),
+            BarColumn(bar_width=16, table_column=Column(no_wrap=True, min_width=16)), TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True, min_width=7)),
             TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=err, transient=False,
         )  # fmt: skip
@@ -292,37 +381,74 @@ class _TrainDisplay:
         if self.progress is not None:
             self.progress.console.print(message, highlight=False, markup=False)
 
+    def _eta(self, info: dict) -> str:
+        import time
+
+        now = time.perf_counter()
+        done = info["step"] - self.start_step
+        if done <= 0 or now <= self.start_wall:
+            return "-:--:--"
+        wall = now - self.start_wall
+        left = (info["max_steps"] - info["step"]) * wall / done
+        trained = info["elapsed_s"] - self.start_elapsed
+        if self.time_limit is not None and trained > 0:
+            left = min(left, max(self.time_limit - info["elapsed_s"], 0.0) * wall / trained)
+        left = int(round(left))
+        return f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+
+    def _render(self) -> None:
+        info = self.last_step
+        if self.progress is None or info is None:
+            return
+        stats = (f"loss {info['smooth_loss']:.3f} | val {self.val} | |g| {info['grad_norm']:.2f} | "
+                 f"{info['chars_per_sec'] / 1000:.1f}k char/s | lr {info['lr']:.1e}")  # fmt: skip
+        self.progress.update(self.task, completed=info["step"], stats=stats, eta=self._eta(info))
+
     def __call__(self, kind: str, info: dict) -> None:
-        if kind == "start" and not self.quiet:
+        if kind == "start":
+            import time
+
+            self.time_limit = info.get("time_limit")
+            self.start_wall, self.start_step = time.perf_counter(), info["step"]
+            self.start_elapsed = info.get("elapsed_s", 0.0)
+            if self.quiet:
+                return
             self._start_progress()
-            self.task = self.progress.add_task("train", total=info["max_steps"], completed=info["step"], stats="")
+            self.task = self.progress.add_task("train", total=info["max_steps"], completed=info["step"], stats="",
+                                               eta="-:--:--")  # fmt: skip
             what = "resuming at step" if info["resumed"] else "training from step"
+            if info.get("init_from"):
+                self.log(info["init_from"])
             self.log(f"{what} {info['step']}: {info['model']}, {info['params']:,} parameters, "
                      f"vocabulary {info['vocab_size']}, {info['windows_per_epoch']} windows per epoch "
                      f"-> {info['out_dir']}")  # fmt: skip
-        elif kind == "step" and self.progress is not None:
-            stats = (f"loss {info['smooth_loss']:.3f} | val {self.val} | {info['chars_per_sec'] / 1000:.1f}k char/s | "
-                     f"lr {info['lr']:.1e} | |g| {info['grad_norm']:.2f}")  # fmt: skip
-            self.progress.update(self.task, completed=info["step"], stats=stats)
+        elif kind == "step":
+            self.last_step = info
+            self._render()
         elif kind == "eval":
-            self.val = f"{info['val_loss']:.3f} ({info['val_bpc']:.2f} bpc)"
+            self.val = f"{info['val_loss']:.3f}"
             if self.as_json:
                 print(json.dumps({k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec",
                                                         "elapsed_s")}), flush=True)  # fmt: skip
-            self.log(f"step {info['step']}: train {info['train_loss']:.4f}, val {info['val_loss']:.4f} nats/char "
-                     f"({info['val_bpc']:.3f} bits), {info['chars_per_sec'] / 1000:.1f}k chars/s, "
+            train = f"train {info['train_loss']:.4f}, " if info["train_loss"] is not None else ""
+            subset = f" on the first {info['val_chars']:,} val characters" if "val_chars" in info else ""
+            self.log(f"step {info['step']}: {train}val {info['val_loss']:.4f} nats/char "
+                     f"({info['val_bpc']:.3f} bits){subset}, {info['chars_per_sec'] / 1000:.1f}k chars/s, "
                      f"{info['elapsed_s']:.0f}s")  # fmt: skip
+            self._render()  # the live line shows this evaluation now, not from the next step on
         elif kind == "sample":
             self.log("-" * 40 + "\n" + info["text"] + "\n" + "-" * 40)
 
 
-@app.command(name="eval")
+@app.command(name="eval", cls=_Command)
 def eval_(
     ckpt: CkptOpt,
-    data: Annotated[Optional[str], typer.Option("--data", help="Prepared data folder [default: the checkpoint's].")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validation loss and bits/char of a checkpoint over the whole validation split."""
+    _threads(threads)
     from .train import eval_checkpoint
 
     with _user_errors():
@@ -339,7 +465,7 @@ class Unknown(str, Enum):
     skip = "skip"
 
 
-@app.command()
+@app.command(cls=_Command)
 def sample(
     ckpt: CkptOpt,
     n: Annotated[int, typer.Option("-n", "--chars", min=0, help="Characters to generate per sample.")] = 1000,
@@ -361,17 +487,19 @@ def sample(
     num_samples: Annotated[int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, in one batch.")] = 1,
     separator: Annotated[str, typer.Option("--separator", help="Line printed between samples.")] = "---",
     stream: Annotated[
-        Optional[bool], typer.Option("--stream/--no-stream", help="Print as generated [default: when stdout is a terminal].")
+        Optional[bool], typer.Option("--stream/--no-stream", help="Print as generated.", show_default="when stdout is a terminal")
     ] = None,
+    threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate text from a checkpoint; the text alone goes to stdout."""
-    from .sampling import sample_from_checkpoint
-
     if prime is not None and prime_file is not None:
         raise typer.BadParameter("give --prime or --prime-file, not both")
     if argmax and (temperature != 1.0 or top_k is not None or top_p is not None):
         raise typer.BadParameter("--argmax always takes the most likely character: drop --temperature, --top-k and --top-p")
+    _threads(threads)
+    from .sampling import sample_from_checkpoint
+
     with _user_errors():
         from .data import decode_bytes, read_text
 
@@ -425,7 +553,40 @@ class _StdoutWriter:
             pass
 
 
-@app.command()
+class XAxis(str, Enum):
+    step = "step"
+    time = "time"
+
+
+@app.command(cls=_Command)
+def plot(
+    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run folders (their out_dir).", show_default=False)],
+    x: Annotated[XAxis, typer.Option("--x", help="Against steps, or training time.")] = XAxis.step,
+    out_file: Annotated[
+        Optional[str], typer.Option("--out", metavar="FILE", help="Write a .png, .svg or .pdf instead of drawing here.")
+    ] = None,
+    width: Annotated[
+        Optional[int], typer.Option("--width", min=20, metavar="N", help="Columns.", show_default="the terminal's")
+    ] = None,
+    height: Annotated[int, typer.Option("--height", min=8, metavar="N", help="Rows.")] = 24,
+) -> None:
+    """Plot training and validation loss of one or more runs, in the terminal or to an image file."""
+    import shutil
+
+    from .plot import load_runs, save_plot, terminal_plot
+
+    with _user_errors():
+        curves = load_runs(runs, x.value)
+        if out_file is not None:
+            save_plot(curves, out_file, x.value)
+            err.print(f"wrote {out_file}", highlight=False)
+            return
+        text = terminal_plot(curves, x.value, width or shutil.get_terminal_size((100, 24)).columns, height,
+                             color=sys.stdout.isatty())  # fmt: skip
+    print(text)
+
+
+@app.command(cls=_Command)
 def gradcheck(
     cell: CellOpt = Cell.rnn,
     activation: ActivationOpt = Activation.tanh,
@@ -441,7 +602,7 @@ def gradcheck(
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Largest relative error that passes.")] = 1e-6,
     eps: Annotated[
         Optional[float],
-        typer.Option("--eps", callback=_positive, help="Difference step [default: 1e-3, 1e-5 for relu]."),
+        typer.Option("--eps", callback=_positive, help="Difference step.", show_default="1e-3, 1e-5 for relu"),
     ] = None,
     max_checks: Annotated[
         int, typer.Option("--max-checks", min=0, help="Entries compared per array, drawn at random; 0 = all.")
@@ -487,6 +648,9 @@ def gradcheck(
         out.print(table)
         verdict = "[green]all gradients pass[/]" if result.passed else "[bold red]gradient check failed[/]"
         out.print(f"{verdict} (tolerance {tol:g}, worst {result.max_rel_error:.2e})")
+        at_kink = sum(c.at_kink for c in result.checks)
+        if at_kink:
+            out.print(f"{at_kink} entries left out: their difference step crossed a relu kink (see --eps)")
     raise typer.Exit(0 if result.passed else 1)
 
 

@@ -16,7 +16,7 @@ def test_help_lists_the_commands():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
     listed = re.findall(r"^\W*(\w+)\s{2,}\S", r.stdout.split("Commands")[1], re.M)  # first word of each command row
-    assert listed == ["prepare", "train", "eval", "sample", "gradcheck"]
+    assert listed == ["prepare", "train", "eval", "sample", "plot", "gradcheck"]
 
 
 def test_no_arguments_shows_help():
@@ -98,3 +98,115 @@ def test_help_starts_without_loading_numpy_or_yaml():
     code = "import sys, charrnn.cli; print(sorted(m for m in ('numpy', 'yaml') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_help_reads_like_a_unix_tool():
+    r = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "100"})
+    assert r.exit_code == 0
+    assert "Usage: charrnn train [OPTIONS] CONFIG" in r.stdout  # typer 0.29 wrote {config}
+    assert "<bool>" not in r.stdout  # flags take no value, so they show no type
+    assert re.search(r"--resume\s+Continue from", r.stdout)
+    assert re.search(r"--set\s+KEY=VALUE", r.stdout) and re.search(r"--threads\s+N", r.stdout)
+    r = runner.invoke(app, ["prepare", "--help"], env={"COLUMNS": "100"})
+    assert "Usage: charrnn prepare [OPTIONS] [INPUT]" in r.stdout
+    assert "Output folder. [default: (data/<input stem>)]" in r.stdout  # was "Output folder ." (markup ate it)
+    for command in ("eval", "sample", "gradcheck", "plot"):
+        text = runner.invoke(app, [command, "--help"], env={"COLUMNS": "120"}).stdout
+        assert "<bool>" not in text and not re.search(r"\w \.(\s|$)", text, re.M), command
+
+
+def test_a_malformed_set_is_a_usage_error(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: d\n")
+    r = runner.invoke(app, ["train", str(cfg), "--set", "train.max_steps"])
+    assert r.exit_code == 2 and r.stdout == ""
+    assert "--set" in r.stderr and "key.path=value" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_resume_command_reproduces_the_options_quoted_for_the_shell():
+    from charrnn.cli import resume_command
+
+    cmd = resume_command("configs/my run.yaml", ["out_dir=runs/a b", "train.seed=3"], "runs/base", 1)
+    assert cmd == ("charrnn train 'configs/my run.yaml' --set 'out_dir=runs/a b' --set train.seed=3 "
+                   "--init-from runs/base --threads 1 --resume")  # fmt: skip
+
+
+def _display(width):
+    import io
+
+    from rich.console import Console
+
+    import charrnn.cli as cli
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=width, force_terminal=True, color_system=None, soft_wrap=True)
+    d = cli._TrainDisplay(quiet=False, as_json=False)
+    return d, buf, console
+
+
+def test_live_line_at_80_columns_keeps_step_bar_loss_val_and_gradient_norm(monkeypatch):
+    import charrnn.cli as cli
+
+    d, buf, console = _display(80)
+    monkeypatch.setattr(cli, "err", console)
+    d("start", {"step": 0, "max_steps": 2000, "resumed": False, "model": "rnn 1 x 512", "params": 1,
+                "out_dir": "runs/x", "vocab_size": 65, "windows_per_epoch": 10, "time_limit": None, "elapsed_s": 0.0})
+    step = {"step": 1234, "max_steps": 2000, "loss": 1.5, "smooth_loss": 1.456, "lr": 1.2e-3, "grad_norm": 0.47,
+            "chars_per_sec": 12345.0, "epoch": 1, "elapsed_s": 60.0}  # fmt: skip
+    d("step", step)
+    d("eval", {"step": 1234, "train_loss": 1.45, "val_loss": 1.5123, "val_bpc": 2.18, "chars_per_sec": 12345.0,
+               "elapsed_s": 60.0})  # fmt: skip
+    d.progress.stop()  # the final render of the live line
+    screen = re.sub(r"\x1b\[[?0-9;]*[A-Za-z]", "", buf.getvalue())  # cursor codes of the live display
+    last = screen.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert len(last) <= 80
+    assert last.startswith("1234/2000") and "━" in last
+    assert "loss 1.456" in last and "|g| 0.47" in last
+    assert "val 1.512" in last  # the evaluation just done, not the one before: shown without waiting for a step
+
+
+def test_eta_is_the_nearer_of_the_last_step_and_the_time_limit(monkeypatch):
+    import charrnn.cli as cli
+
+    d, _, console = _display(120)
+    monkeypatch.setattr(cli, "err", console)
+    clock = iter([100.0, 200.0])
+    monkeypatch.setattr("time.perf_counter", lambda: next(clock))
+    d("start", {"step": 0, "max_steps": 1000, "resumed": False, "model": "m", "params": 1, "out_dir": "o",
+                "vocab_size": 5, "windows_per_epoch": 1, "time_limit": 300.0, "elapsed_s": 0.0})
+    # after 100 s (all training) at step 100: 900 steps would take 900 s, the limit leaves 200 s
+    assert d._eta({"step": 100, "max_steps": 1000, "elapsed_s": 100.0}) == "0:03:20"
+    d.time_limit = None
+    clock = iter([200.0])
+    assert d._eta({"step": 100, "max_steps": 1000, "elapsed_s": 100.0}) == "0:15:00"
+    d.progress.stop()
+
+
+def test_threads_are_set_through_the_environment_before_numpy_loads():
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from charrnn.threads import set_threads; how = set_threads(1); "
+            "print(how, os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.stdout.split() == ["env", "1", "False"], r.stderr
+    code = ("import numpy, threadpoolctl; from charrnn.threads import set_threads; print(set_threads(1)); "
+            "print({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "No module named 'threadpoolctl'" in r.stderr:
+        return  # the optional extra is not installed here: the next test covers that case
+    assert r.stdout.split("\n")[:2] == ["threadpoolctl", "{1}"], r.stderr
+
+
+def test_threads_after_numpy_without_threadpoolctl_is_one_clear_error(monkeypatch):
+    import sys
+
+    import pytest
+
+    import charrnn.threads as threads
+    from charrnn.errors import CharRNNError
+
+    monkeypatch.setattr(threads, "_applied", None)
+    monkeypatch.setitem(sys.modules, "threadpoolctl", None)
+    with pytest.raises(CharRNNError, match=r"numpy is already loaded.*threadpoolctl.*\.\[threads\]"):
+        threads.set_threads(2)

@@ -4,6 +4,7 @@ import io
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -311,10 +312,11 @@ def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, da
     assert steps == sorted(steps) and steps[-1] > steps[0]
 
 
-def test_ctrl_c_saves_and_exits_130(tmp_path, data_dir):
+def test_ctrl_c_saves_and_exits_130_with_the_command_that_resumes_this_run(tmp_path, data_dir):
     cfg = long_run_config(tmp_path, data_dir)
-    last = tmp_path / "run" / "last.npz"
-    proc = start(cfg)
+    other = tmp_path / "other run"  # out_dir set on the command line, with a space to quote
+    last = other / "last.npz"
+    proc = start(cfg, "--set", f"out_dir={other}", "--set", "train.seed=3")
     wait_for(last)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -322,10 +324,20 @@ def test_ctrl_c_saves_and_exits_130(tmp_path, data_dir):
     proc.send_signal(signal.SIGINT)  # a second Ctrl-C while it saves
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "resume with: charrnn train" in err and "Traceback" not in err
+    assert "Traceback" not in err
     ck = checkpoint.load(last)
     assert ck.step > 0
     assert str(ck.step) in err
+    hint = err.split("resume with: ", 1)[1].strip()
+    words = shlex.split(hint)
+    assert words[:3] == ["charrnn", "train", str(cfg)] and words[-1] == "--resume"
+    assert words[3:-1] == ["--set", f"out_dir={other}", "--set", "train.seed=3"]
+    # run as shown (with a finite max_steps), it continues this run, not the config's own out_dir
+    words[-1:] = ["--set", f"train.max_steps={ck.step + 3}", "-q", "--resume"]
+    r = subprocess.run([sys.executable, "-m", "charrnn", *words[1:]], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert checkpoint.load(last).step == ck.step + 3
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_train_error_in_a_real_process_is_exactly_one_line(tmp_path):
