@@ -498,7 +498,7 @@ def sample(
     if argmax and (temperature != 1.0 or top_k is not None or top_p is not None):
         raise typer.BadParameter("--argmax always takes the most likely character: drop --temperature, --top-k and --top-p")
     _threads(threads)
-    from .sampling import sample_from_checkpoint
+    from .sampling import Decoding, sample_from_checkpoint
 
     with _user_errors():
         from .data import decode_bytes, read_text
@@ -511,7 +511,7 @@ def sample(
         writer = _StdoutWriter()
         try:
             result = sample_from_checkpoint(
-                ckpt, n, prime=prime or "", temperature=temperature, top_k=top_k, top_p=top_p, argmax=argmax,
+                ckpt, n, prime=prime or "", decoding=Decoding(temperature, top_k, top_p, argmax),
                 seed=seed, num_samples=num_samples, unknown=unknown.value, prime_echo=prime_echo,
                 on_text=writer.write if streaming else None,
             )

@@ -17,6 +17,7 @@ a batch equals the single sample with the same seed.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -43,13 +44,38 @@ def sample_rngs(seed: int | None, k: int) -> list[np.random.Generator]:
     return [np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(i,))) for i in range(k)]
 
 
-def check_options(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None, n: int = 0) -> None:
-    if not (temperature > 0 and np.isfinite(temperature)):
-        raise SampleError(f"temperature must be > 0, got {temperature} (use argmax for greedy decoding)")
-    if top_k is not None and top_k < 1:
-        raise SampleError(f"top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise SampleError(f"top-p must lie in (0, 1], got {top_p}")
+@dataclass(frozen=True)
+class Decoding:
+    """How each next character is chosen: a draw from softmax(logits / temperature), kept to the top_k
+    likeliest characters and/or the top_p nucleus, or (argmax) the likeliest one every time.
+
+    One object for the options that generation, checkpoint sampling and the CLI pass
+    along; it checks itself when made (a SampleError names the bad value).
+    """
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    argmax: bool = False
+
+    def __post_init__(self):
+        if not (self.temperature > 0 and np.isfinite(self.temperature)):
+            raise SampleError(f"temperature must be > 0, got {self.temperature} (use argmax for greedy decoding)")
+        if self.top_k is not None and self.top_k < 1:
+            raise SampleError(f"top-k must be >= 1, got {self.top_k}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise SampleError(f"top-p must lie in (0, 1], got {self.top_p}")
+
+    @property
+    def filtered(self) -> bool:
+        """Whether top-k or top-p removes characters (then the draw inverts the filtered CDF)."""
+        return self.top_k is not None or (self.top_p is not None and self.top_p < 1)
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "argmax": self.argmax}
+
+
+def _check_length(n: int) -> None:
     if n < 0:
         raise SampleError(f"the number of characters must be >= 0, got {n}")
 
@@ -108,10 +134,7 @@ def generate(
     vocab: Vocab,
     n: int,
     prime: str = "",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    argmax: bool = False,
+    decoding: Decoding | None = None,
     seed: int | None = None,
     num_samples: int = 1,
     on_step: Callable[[list[str]], None] | None = None,
@@ -120,7 +143,9 @@ def generate(
 
     on_step, if given, receives the K new characters after every step (for streaming).
     """
-    check_options(temperature, top_k, top_p, n)
+    _check_length(n)
+    decoding = decoding or Decoding()
+    temperature, argmax = decoding.temperature, decoding.argmax
     if vocab.size != model.vocab_size:
         raise SampleError(f"vocabulary has {vocab.size} characters, the model {model.vocab_size}")
     K, V = num_samples, model.vocab_size
@@ -138,7 +163,7 @@ def generate(
         stepper = model.stepper(h)
         logits = np.zeros((K, V), dtype=model.dtype)
     chars = vocab.chars
-    filtered = top_k is not None or (top_p is not None and top_p < 1)
+    filtered = decoding.filtered
     if K == 1 and not filtered:
         return [vocab.decode(_generate_one(stepper, logits[0], n, rngs[0], temperature, argmax, on_step, chars))]
     out = np.empty((K, n), dtype=np.int64)
@@ -147,7 +172,7 @@ def generate(
         if argmax:
             nxt = logits.argmax(axis=-1)
         elif filtered:
-            nxt = draw(probabilities(logits, temperature, top_k, top_p), rngs)
+            nxt = draw(probabilities(logits, temperature, decoding.top_k, decoding.top_p), rngs)
         else:  # Gumbel-max: argmax(z / T + G) = argmax(z + T G), G iid standard Gumbel, is a draw from softmax(z / T)
             j = t % _NOISE_BLOCK
             if j == 0:  # t = 0 included: the noise of the next steps, per sample
@@ -189,10 +214,7 @@ def sample_from_checkpoint(
     path,
     n: int,
     prime: str = "",
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    argmax: bool = False,
+    decoding: Decoding | None = None,
     seed: int | None = None,
     num_samples: int = 1,
     unknown: str = "error",
@@ -204,7 +226,8 @@ def sample_from_checkpoint(
     on_text, if given, receives the text as it is produced (single sample): the
     echoed prime first, then each new character.
     """
-    check_options(temperature, top_k, top_p, n)
+    _check_length(n)
+    decoding = decoding or Decoding()
     model, vocab, ckpt = checkpoint.load_model(path)
     missing = vocab.unknown(prime)
     if missing:
@@ -221,11 +244,10 @@ def sample_from_checkpoint(
     if on_text is not None:
         on_text(head)
         on_step = lambda chars: on_text(chars[0])  # noqa: E731
-    texts = generate(model, vocab, n, prime, temperature, top_k, top_p, argmax, seed, num_samples, on_step)
+    texts = generate(model, vocab, n, prime, decoding, seed, num_samples, on_step)
     return {
         "samples": [head + t for t in texts], "checkpoint": ckpt.path, "step": ckpt.step, "seed": seed,
-        "temperature": temperature, "top_k": top_k, "top_p": top_p, "argmax": argmax, "n": n, "prime": prime,
-        "num_samples": num_samples,
+        **decoding.to_dict(), "n": n, "prime": prime, "num_samples": num_samples,
     }  # fmt: skip
 
 
@@ -244,12 +266,13 @@ def sample(
     """n characters continuing prime (the prime itself not included).
 
     model_or_ckpt is a checkpoint path (file or run folder) or a CharRNN, in which
-    case vocab must be given.
+    case vocab must be given. The decoding options are those of `Decoding`.
     """
+    decoding = Decoding(temperature, top_k, top_p, argmax)
     if isinstance(model_or_ckpt, CharRNN):
         if vocab is None:
             raise SampleError("sampling a bare model needs its vocabulary: sample(model, n, vocab=...)")
         model = model_or_ckpt
     else:
         model, vocab, _ = checkpoint.load_model(model_or_ckpt)
-    return generate(model, vocab, n, prime, temperature, top_k, top_p, argmax, seed)[0]
+    return generate(model, vocab, n, prime, decoding, seed)[0]

@@ -42,7 +42,7 @@ from .errors import CharRNNError
 from .files import atomic_write
 from .model import DTYPES, CharRNN, init_params
 from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
-from .sampling import generate
+from .sampling import Decoding, generate
 from .threads import set_threads
 
 METRICS_FILE = "metrics.jsonl"  # one record per evaluation
@@ -467,7 +467,7 @@ class _Evaluator:
         if improved:
             self.save(self.out / checkpoint.BEST)
         if tc.sample_chars:
-            text = generate(model, self.ds.vocab, tc.sample_chars, temperature=tc.sample_temperature,
+            text = generate(model, self.ds.vocab, tc.sample_chars, decoding=Decoding(tc.sample_temperature),
                             seed=tc.seed + st.step)[0]  # fmt: skip
             self.cb("sample", {"step": st.step, "text": text})
         return bool(tc.patience and st.evals_since_best >= tc.patience)

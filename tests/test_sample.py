@@ -12,7 +12,7 @@ from charrnn import CharRNN, checkpoint
 from charrnn.cli import app
 from charrnn.config import load_config
 from charrnn.data import Vocab
-from charrnn.sampling import SampleError, generate, probabilities, sample_rngs
+from charrnn.sampling import Decoding, SampleError, generate, probabilities, sample_rngs
 from charrnn.train import train
 
 runner = CliRunner()
@@ -60,7 +60,7 @@ def test_same_seed_same_text_other_seed_other_text():
 
 def test_argmax_is_the_greedy_choice_step_by_step_and_top_k_1_equals_it():
     m, v = small_model()
-    text = generate(m, v, 30, prime="abc", argmax=True)[0]
+    text = generate(m, v, 30, prime="abc", decoding=Decoding(argmax=True))[0]
     ids = v.encode("abc")
     _, h = m.forward(ids[None, :-1])
     logits, h = m.step(ids[-1:], h)
@@ -70,7 +70,7 @@ def test_argmax_is_the_greedy_choice_step_by_step_and_top_k_1_equals_it():
         greedy.append(v.chars[nxt])
         logits, h = m.step(np.array([nxt]), h)
     assert text == "".join(greedy)
-    assert generate(m, v, 30, prime="abc", top_k=1, seed=9)[0] == text
+    assert generate(m, v, 30, prime="abc", decoding=Decoding(top_k=1), seed=9)[0] == text
 
 
 @pytest.mark.parametrize("top_p", [None, 0.95])  # the Gumbel-max draw and the filtered CDF draw
@@ -79,21 +79,21 @@ def test_batched_samples_equal_single_samples_with_the_same_generators(monkeypat
 
     m, v = small_model()
     n = 600  # past two blocks of noise (256 steps each)
-    batch = generate(m, v, n, prime="ab", seed=5, num_samples=3, temperature=0.9, top_p=top_p)
+    batch = generate(m, v, n, prime="ab", seed=5, num_samples=3, decoding=Decoding(0.9, top_p=top_p))
     assert len(set(batch)) == 3 and all(len(text) == n for text in batch)
-    assert batch[0] == generate(m, v, n, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0]
+    assert batch[0] == generate(m, v, n, prime="ab", seed=5, decoding=Decoding(0.9, top_p=top_p))[0]
     # sample k draws from SeedSequence(seed, spawn_key=(k,)): replay each alone with that generator
     for k in range(3):
         rng = sample_rngs(5, 3)[k]
         monkeypatch.setattr(sample_module, "sample_rngs", lambda seed, n, r=rng: [r])
-        assert generate(m, v, n, prime="ab", seed=5, temperature=0.9, top_p=top_p)[0] == batch[k]
+        assert generate(m, v, n, prime="ab", seed=5, decoding=Decoding(0.9, top_p=top_p))[0] == batch[k]
 
 
 def test_bad_options_are_refused():
     m, v = small_model()
     for kwargs in (dict(temperature=0), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0)):
         with pytest.raises(SampleError):
-            generate(m, v, 5, **kwargs)
+            generate(m, v, 5, decoding=Decoding(**kwargs))
     with pytest.raises(SampleError):
         generate(m, v, -1)
 
@@ -190,7 +190,8 @@ def test_unfiltered_draws_follow_the_softmax():
     # one sample (the 1-D loop) and a batch of two (the batched loop)
     for k in (1, 2):
         vocab = Vocab(tuple("abcd"))
-        texts = sampling.generate(Fixed(), vocab, 40000, prime="a", temperature=2.0, seed=0, num_samples=k)
+        texts = sampling.generate(Fixed(), vocab, 40000, prime="a", decoding=sampling.Decoding(2.0), seed=0,
+                                  num_samples=k)  # fmt: skip
         for text in texts:
             freq = np.array([text.count(c) for c in "abcd"]) / len(text)
             np.testing.assert_allclose(freq, expected, atol=0.01)
@@ -216,12 +217,12 @@ def test_gated_checkpoints_sample_with_every_option(gated_run):
     )
     model, vocab, _ = checkpoint.load_model(gated_run)
     assert model.cell.name in ("lstm", "gru") and model.dropout == 0.1
-    one = generate(model, vocab, 300, prime="the", seed=3, temperature=0.7)[0]
-    assert one == generate(model, vocab, 300, prime="the", seed=3, temperature=0.7)[0]
-    batch = generate(model, vocab, 300, prime="the", seed=3, temperature=0.7, num_samples=3)
+    one = generate(model, vocab, 300, prime="the", seed=3, decoding=Decoding(0.7))[0]
+    assert one == generate(model, vocab, 300, prime="the", seed=3, decoding=Decoding(0.7))[0]
+    batch = generate(model, vocab, 300, prime="the", seed=3, decoding=Decoding(0.7), num_samples=3)
     assert batch[0] == one and len(set(batch)) > 1
-    for kw in (dict(top_k=3), dict(top_p=0.9), dict(top_k=5, top_p=0.8, num_samples=2)):
-        texts = generate(model, vocab, 50, prime="lazy", seed=1, **kw)
+    for kw, k in ((dict(top_k=3), 1), (dict(top_p=0.9), 1), (dict(top_k=5, top_p=0.8), 2)):
+        texts = generate(model, vocab, 50, prime="lazy", seed=1, decoding=Decoding(**kw), num_samples=k)
         assert all(len(t) == 50 and set(t) <= set(vocab.chars) for t in texts)
     r = runner.invoke(app, ["sample", "--ckpt", str(gated_run), "-n", "30", "--seed", "2", "-k", "2", "--json"])
     assert r.exit_code == 0 and r.stderr == ""
