@@ -319,6 +319,9 @@ def train(
     if not quiet:
         how = {"done": "finished", "early_stop": "stopped early (patience)", "time_limit": "reached the time limit"}
         best = f", best val loss {result.best_val:.4f}" if result.best_val is not None else ""
+        if best and display.val_chars:
+            best += (f" on the first {display.val_chars:,} val characters (train.eval_chars; "
+                     f"`charrnn eval` scores the whole split)")  # fmt: skip
         err.print(f"{how.get(result.status, result.status)} at step {result.step}{best}; checkpoints in {result.out_dir}",
                   highlight=False)
 
@@ -351,6 +354,7 @@ class _TrainDisplay:
         self.progress = None
         self.task = None
         self.val = "-"
+        self.val_chars = 0  # the evaluations score only this many characters (train.eval_chars), 0 = all
         self.last_step: dict | None = None
         self.time_limit = None
         self.start_wall = self.start_step = self.start_elapsed = None
@@ -427,6 +431,7 @@ class _TrainDisplay:
             self._render()
         elif kind == "eval":
             self.val = f"{info['val_loss']:.3f}"
+            self.val_chars = info.get("val_chars", 0)
             if self.as_json:
                 print(json.dumps({k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec",
                                                         "elapsed_s")}), flush=True)  # fmt: skip

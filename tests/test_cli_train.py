@@ -6,6 +6,7 @@ import numpy as np
 from conftest import write_config
 from typer.testing import CliRunner
 
+from charrnn import checkpoint
 from charrnn.cli import app
 
 runner = CliRunner()
@@ -94,3 +95,14 @@ def test_train_quiet_prints_nothing_and_errors_are_one_line(tmp_path, data_dir):
     assert r.exit_code == 1 and "did you mean 'train.learning_rate'" in r.stderr
     r = runner.invoke(app, ["train", str(tmp_path / "nope.yaml")])
     assert r.exit_code == 1 and "no such config" in r.stderr
+
+
+def test_a_subset_evaluation_is_named_as_such(tmp_path, data_dir):
+    cfg = write_config(tmp_path, data_dir, max_steps=20, eval_every=10, eval_chars=100)
+    r = runner.invoke(app, ["train", str(cfg)])
+    assert r.exit_code == 0, r.stderr
+    assert "val characters" in r.stderr.split("step 10:")[1].split("\n")[0]  # the evaluation's log line
+    assert "on the first 100 val characters (train.eval_chars; `charrnn eval` scores the whole split)" in r.stderr
+    full = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "run"), "--json"])
+    best = checkpoint.load(tmp_path / "run" / "best.npz")
+    assert json.loads(full.stdout)["val_chars"] > 100 and best.meta["history"][0]["val_chars"] == 100
