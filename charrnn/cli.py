@@ -607,7 +607,7 @@ def gradcheck(
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Largest relative error that passes.")] = 1e-6,
     eps: Annotated[
         Optional[float],
-        typer.Option("--eps", callback=_positive, help="Difference step.", show_default="1e-3, 1e-5 for relu"),
+        typer.Option("--eps", callback=_positive, help="Difference step.", show_default="1e-3, 1e-4 for relu"),
     ] = None,
     max_checks: Annotated[
         int, typer.Option("--max-checks", min=0, help="Entries compared per array, drawn at random; 0 = all.")

@@ -201,7 +201,9 @@ def shakespeare_corpus(play: str | None = None) -> str:
 
 def corpus_text(name: str) -> str:
     """A built-in corpus by name; "shakespeare:romeo-and-juliet" is one of its plays."""
-    base, _, part = name.partition(":")
+    base, colon, part = name.partition(":")
+    if colon and not part:
+        raise DataError(f"name a play after {base}: (for example {base}:macbeth), or drop the colon for them all")
     if base == "shakespeare":
         return shakespeare_corpus(part or None)
     raise DataError(f"unknown corpus {name!r}; built-in corpora: {', '.join(CORPORA)} (or shakespeare:PLAY)")

@@ -112,13 +112,12 @@ def _span(curves: list[Curves]) -> float:
 
 
 def _y_range(curves: list[Curves]) -> tuple[float, float]:
-    """The loss range worth reading: up to the first evaluation or the training loss after the first 5% of
-    its points, whichever is higher, so that the first steps (log V nats and more) do not squash the rest."""
-    tops = [c.val_y[0] for c in curves if c.val_y]
-    tops += [c.train_y[len(c.train_y) // 20] for c in curves if c.train_y]
-    lows = [min(c.val_y + c.train_y) for c in curves]
-    lo, hi = min(lows), max(tops)
-    pad = 0.04 * max(hi - lo, 1e-3)
+    """The loss range to draw: every validation point and every training point after the first 5% of
+    each run's, so that only the first steps (log V nats and more) can lie above it and be cut,
+    never a later spike."""
+    kept = [v for c in curves for v in c.val_y + c.train_y[len(c.train_y) // 20:]]
+    lo, hi = min(kept), max(kept)
+    pad = max(0.04 * (hi - lo), 0.02)  # a flat curve or a single point still gets a readable axis
     return lo - pad, hi + pad
 
 
@@ -137,7 +136,7 @@ def terminal_plot(curves: list[Curves], x: str = "step", width: int = 100, heigh
     f.plot_size(width, height)
     for i, c in enumerate(curves):
         hue = COLORS[i % len(COLORS)]
-        # plotext has no y limits: the points above the range are left out (the curve enters from the top)
+        # plotext has no y limits: the first steps above the range are left out (the curve enters from the top)
         train = [(v / div, y) for v, y in zip(c.train_x, c.train_y, strict=True) if y <= hi]
         if train:
             s = f.signal(*map(list, zip(*train, strict=True)), marker=plt.marker("braille", hue))

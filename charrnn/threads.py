@@ -36,6 +36,9 @@ def set_threads(n: int) -> str:
             os.environ[var] = str(n)
         _applied = n
         return "env"
+    if all(os.environ.get(var) == str(n) for var in ENV_VARS[:3]):  # set before Python started: in force
+        _applied = n
+        return "env"
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:

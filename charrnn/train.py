@@ -296,8 +296,11 @@ def train(
     last_path = out / checkpoint.LAST
     if not resume and last_path.exists() and not force:
         raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
+    if not resume and tc.init_from and _clears(checkpoint.resolve(tc.init_from), out):
+        raise TrainError(f"train.init_from {tc.init_from} is a checkpoint of out_dir {out}, which a new run "
+                         f"replaces: copy it elsewhere, or set another out_dir")  # fmt: skip
     run = resumed_run(cfg, ds, last_path) if resume else new_run(cfg, ds)
-    if force and not resume:
+    if not resume:  # a new run starts its logs afresh (a run killed before its first checkpoint left some)
         for p in (last_path, out / checkpoint.BEST, out / METRICS_FILE, out / TRAIN_LOG):
             p.unlink(missing_ok=True)
     if resume:  # records written after the checkpoint will be written again
@@ -377,6 +380,11 @@ def train(
     result = TrainResult(status, st.step, str(out), st.best_val, last_val, st.elapsed, str(last_path))
     cb("end", result.__dict__)
     return result
+
+
+def _clears(path: Path, out: Path) -> bool:
+    """Whether a new run in out deletes the checkpoint at path (its last.npz or best.npz)."""
+    return path.resolve() in {(out / checkpoint.LAST).resolve(), (out / checkpoint.BEST).resolve()}
 
 
 def _append(path: Path, record: dict) -> None:

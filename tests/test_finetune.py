@@ -1,6 +1,7 @@
 """Fine-tuning (train.init_from / --init-from): rows matched by character, fresh optimizer, origin recorded."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from charrnn.config import load_config
 from charrnn.data import Vocab, load_dataset, prepare
 from charrnn.finetune import FineTuneError, transfer, vocab_axes
 from charrnn.model import init_params, param_shapes
-from charrnn.train import evaluate, train
+from charrnn.train import TrainError, evaluate, train
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
@@ -62,7 +63,7 @@ def test_a_fine_tuned_run_starts_from_the_checkpoint_on_a_new_text(tmp_path, dat
     result = train(cfg, callback=lambda kind, info: events.append((kind, info)))
     start = next(info for kind, info in events if kind == "start")
     assert start["init_from"].startswith(f"fine-tuning from {pre / 'best.npz'}")
-    assert "'E'" in start["init_from"] or "E" in start["init_from"]
+    assert "6 new '!123EZ', 1 dropped 'e'" in start["init_from"]
     evals = [info for kind, info in events if kind == "eval"]
     assert [e["step"] for e in evals] == [0, 10, 20]  # step 0 scores the starting point: the "before"
     assert evals[0]["train_loss"] is None and evals[-1]["val_loss"] < evals[0]["val_loss"]
@@ -78,25 +79,26 @@ def test_a_fine_tuned_run_starts_from_the_checkpoint_on_a_new_text(tmp_path, dat
 def test_on_the_same_text_step_0_is_the_checkpoint_exactly_and_the_optimizer_starts_fresh(tmp_path, data_dir):
     pre = _pretrain(tmp_path / "pre", data_dir)
     old = checkpoint.load(pre / "last.npz")
+    assert any(np.any(v) for v in old.optim_state.values())  # the pretrained run's Adam moments
     cfg = load_config(_config(tmp_path / "ft", data_dir, max_steps=20, eval_every=10, seed=5))
     cfg.train.init_from = str(pre / "last.npz")
-    train(cfg)
+    step0 = tmp_path / "step0.npz"
+
+    def keep_step_0(kind, info):  # the checkpoint written at step 0, before any update
+        if kind == "checkpoint" and info["step"] == 0 and info["path"].endswith("last.npz"):
+            shutil.copy(info["path"], step0)
+
+    train(cfg, callback=keep_step_0)
     rec = [json.loads(line) for line in (tmp_path / "ft" / "run" / "metrics.jsonl").read_text().splitlines()]
     ds = load_dataset(data_dir)
-    assert rec[0]["step"] == 0
+    assert [r["step"] for r in rec] == [0, 10, 20]
     assert rec[0]["val_loss"] == pytest.approx(evaluate(old.model(), ds.val, 4, 16), rel=1e-12)
-    best0 = checkpoint.load(tmp_path / "ft" / "run" / "best.npz")  # step 0 saved as best before any update
-    ft = checkpoint.load(tmp_path / "ft" / "run" / "last.npz")
-    assert ft.step == 20 and ft.meta["history"][0]["step"] == 0
-    assert best0.step in (0, 10, 20)
-    # Adam's moments restart from zero: after 20 steps they hold only this run's gradients
-    again = load_config(_config(tmp_path / "ft2", data_dir, max_steps=20, eval_every=10, seed=5))
-    again.train.init_from = str(pre / "last.npz")
-    train(again)
-    other = checkpoint.load(tmp_path / "ft2" / "run" / "last.npz")
-    for k in ft.optim_state:  # the same fine-tuning twice gives the same state: nothing carried from the old run
-        np.testing.assert_array_equal(ft.optim_state[k], other.optim_state[k])
-    assert not np.allclose(ft.optim_state["m.Why"], old.optim_state["m.Why"])
+    best = checkpoint.load(step0)  # the run's own optimizer state as it started: all zeros
+    assert best.step == 0 and best.meta["init_from"]["step"] == 40
+    assert set(best.optim_state) == set(old.optim_state)
+    assert not any(np.any(v) for v in best.optim_state.values())
+    for k in old.params:
+        np.testing.assert_array_equal(best.params[k], old.params[k])
 
 
 def test_resuming_a_fine_tuned_run_keeps_its_origin_and_is_bit_exact(tmp_path, data_dir):
@@ -112,6 +114,9 @@ def test_resuming_a_fine_tuned_run_keeps_its_origin_and_is_bit_exact(tmp_path, d
     run(tmp_path / "b", 30, resume=True)
     a, b = (checkpoint.load(tmp_path / x / "run" / "last.npz") for x in "ab")
     assert b.meta["init_from"] == a.meta["init_from"] and b.meta["init_from"]["step"] == 40
+    # the resumed run does not score its starting point again
+    assert [r["step"] for r in b.meta["history"]] == [r["step"] for r in a.meta["history"]] == [0, 10, 20, 30]
+    assert b.meta["evals_since_best"] == a.meta["evals_since_best"]
     for k in a.params:
         np.testing.assert_array_equal(a.params[k], b.params[k])
 
@@ -144,3 +149,12 @@ def test_a_text_that_shares_no_character_is_refused(tmp_path, data_dir):
     cfg.train.init_from = str(pre)
     with pytest.raises(FineTuneError, match="shares no character"):
         train(cfg)
+
+
+def test_init_from_a_checkpoint_that_the_new_run_would_replace_is_refused(tmp_path, data_dir):
+    pre = _pretrain(tmp_path / "pre", data_dir)  # out_dir tmp_path / "pre" / "run"
+    cfg = load_config(_config(tmp_path / "pre", data_dir, max_steps=10, eval_every=10))
+    cfg.train.init_from = str(pre)
+    with pytest.raises(TrainError, match="is a checkpoint of out_dir .* which a new run replaces"):
+        train(cfg, force=True)
+    assert checkpoint.load(pre / "best.npz").step == 40  # untouched

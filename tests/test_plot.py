@@ -81,6 +81,7 @@ def test_plot_draws_in_the_terminal_on_stdout(runs):
 def test_plot_errors_are_one_line(runs, tmp_path, monkeypatch):
     r = runner.invoke(app, ["plot", str(tmp_path / "nowhere")])
     assert r.exit_code == 1 and "no such run folder" in r.stderr and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
     r = runner.invoke(app, ["plot", str(tmp_path)])
     assert r.exit_code == 1 and "is it a run folder" in r.stderr
     r = runner.invoke(app, ["plot", str(runs[0]), "--out", str(tmp_path / "loss.txt")])
@@ -91,3 +92,28 @@ def test_plot_errors_are_one_line(runs, tmp_path, monkeypatch):
     assert r.exit_code == 1 and 'needs plotext: pip install -e ".[plot]"' in r.stderr
     with pytest.raises(PlotError, match="needs matplotlib"):
         save_plot([load_run(str(runs[0]))], str(tmp_path / "x.png"))
+
+
+def test_the_y_range_cuts_only_the_first_steps_never_a_later_spike_and_is_never_flat():
+    from charrnn.plot import Curves, _y_range
+
+    steps = list(range(10, 1010, 10))
+    train_y = [4.2, 3.5] + [1.8] * 48 + [6.0] * 5 + [1.8] * 45  # a spike at steps 510-550
+    lo, hi = _y_range([Curves("r", steps, train_y, [500, 1000], [1.9, 2.9])])
+    assert hi > 6.0 and lo < 1.8  # the spike and the rising validation loss stay in view
+    lo, hi = _y_range([Curves("r", steps, [4.2, 3.5] + [1.8] * 98)])
+    assert 1.8 < hi < 3.5  # the first 5% of the points (here 5) may lie above: 4.2 and 3.5 are cut
+    lo, hi = _y_range([Curves("one", val_x=[0], val_y=[2.4224])])  # a fine-tuned run at step 0 only
+    assert hi - lo >= 0.04
+
+
+def test_a_run_with_only_its_step_0_evaluation_plots(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "ft"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 0, "train_loss": None, "val_loss": 2.42,
+                                                   "elapsed_s": 0.0}) + "\n")  # fmt: skip
+    c = load_run(str(run))
+    assert c.train_x == [] and c.val_y == [2.42]
+    save_plot([c], str(tmp_path / "one.svg"))
+    assert "ft val" in (tmp_path / "one.svg").read_text()

@@ -266,7 +266,22 @@ def test_train_log_holds_the_mean_loss_of_every_log_every_steps_and_is_trimmed_o
     train(cfg, force=True)
     (tmp_path / "run" / "last.npz").replace(ck20)
     log.write_text(full[: full.index('{"step": 28')] + '{"step": 2')  # steps 4..24 and a torn line
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + json.dumps({**records(tmp_path / "run")[-1], "step": 30}) + "\n")
     ck20.replace(tmp_path / "run" / "last.npz")
     cfg.train.max_steps = 30
     train(cfg, resume=True)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [4, 8, 12, 16, 20, 24, 28]
+    assert [r["step"] for r in records(tmp_path / "run")] == [10, 20, 30]  # the stray step-30 record went
+
+
+def test_a_new_run_starts_its_logs_afresh(tmp_path, data_dir):
+    # a run killed before its first checkpoint leaves train.jsonl (and perhaps more) but no last.npz
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train.jsonl").write_text('{"step": 6278, "train_loss": 9.0}\n')
+    (run / "metrics.jsonl").write_text('{"step": 5000, "val_loss": 9.0}\n')
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=10, eval_every=10, log_every=5))
+    train(cfg)
+    assert [json.loads(line)["step"] for line in (run / "train.jsonl").read_text().splitlines()] == [5, 10]
+    assert [r["step"] for r in records(run)] == [10]
