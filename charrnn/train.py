@@ -343,7 +343,8 @@ def train(
             loss, norm, lr, h_new = train_step(model, run.opt_state, x, y, run.h, st.step, tc, lr_scale, run.rng)
         if h_new is None:
             raise TrainError(f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
-                             f"(gradient norm {norm:.3g}); {diverged_advice(cfg)}; {ev.kept()}")  # fmt: skip
+                             f"(gradient norm {norm:.3g}); {diverged_advice(cfg, model.cell)}; "
+                             f"{ev.kept()}")  # fmt: skip
         run.h = h_new
         st.step += 1
         st.window += 1
@@ -362,10 +363,7 @@ def train(
                     "elapsed_s": st.elapsed})  # fmt: skip
         log_losses.append(loss)
         if st.step % tc.log_every == 0:
-            _append(out / TRAIN_LOG, {"step": st.step, "train_loss": sum(log_losses) / len(log_losses), "lr": lr,
-                                      "grad_norm": norm, "chars_per_sec": chars_per_sec,
-                                      "elapsed_s": round(st.elapsed, 3)})  # fmt: skip
-            log_losses.clear()
+            _log_train(out, st, log_losses, lr, norm, chars_per_sec)
 
         if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
             if ev.evaluate(lr, chars_per_sec):
@@ -374,12 +372,22 @@ def train(
             interval_start, interval_chars = time.perf_counter(), 0
             run_start, base_elapsed = time.perf_counter(), st.elapsed
 
+    if log_losses:  # the steps since the last record (a stop between two): resuming logs the rest on their own
+        _log_train(out, st, log_losses, lr, norm, chars_per_sec)
     if ev.saved_step != st.step or not last_path.exists():
         ev.save(last_path)
     last_val = st.history[-1]["val_loss"] if st.history else None
     result = TrainResult(status, st.step, str(out), st.best_val, last_val, st.elapsed, str(last_path))
     cb("end", result.__dict__)
     return result
+
+
+def _log_train(out: Path, st: TrainState, losses: list[float], lr: float, norm: float, chars_per_sec: float) -> None:
+    """Append the mean loss of the steps since the last record to train.jsonl, and start a new interval."""
+    _append(out / TRAIN_LOG, {"step": st.step, "train_loss": sum(losses) / len(losses), "steps": len(losses),
+                              "lr": lr, "grad_norm": norm, "chars_per_sec": chars_per_sec,
+                              "elapsed_s": round(st.elapsed, 3)})  # fmt: skip
+    losses.clear()
 
 
 def _clears(path: Path, out: Path) -> bool:
@@ -413,15 +421,13 @@ def _trim_log(path: Path, step: int) -> None:
         atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
 
 
-def diverged_advice(cfg: Config) -> str:
-    """What to change when the loss stops being finite."""
+def diverged_advice(cfg: Config, cell) -> str:
+    """What to change when the loss stops being finite (the cell may add its own advice)."""
     tc = cfg.train
     advice = f"lower train.learning_rate (now {tc.learning_rate:g})"
     if not tc.grad_clip:
         advice += " or set train.grad_clip"
-    if cfg.model.activation == "relu":
-        advice += "; relu units are unbounded: README's 'relu' paragraph (under Initialisation) says what trains"
-    return advice
+    return advice + (f"; {cell.divergence_hint}" if cell.divergence_hint else "")
 
 
 class _Evaluator:
@@ -454,8 +460,8 @@ class _Evaluator:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             val = evaluate(model, self.val_ids, tc.batch_size, tc.seq_length)
         if not math.isfinite(val):
-            raise TrainError(f"the validation loss became {val} at step {st.step}; {diverged_advice(self.cfg)}; "
-                             f"{self.kept()}")  # fmt: skip
+            raise TrainError(f"the validation loss became {val} at step {st.step}; "
+                             f"{diverged_advice(self.cfg, model.cell)}; {self.kept()}")  # fmt: skip
         record = {
             "step": st.step, "train_loss": st.smooth_loss, "val_loss": val, "val_bpc": val / LN2,
             "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3), "lr": lr, "epoch": st.epoch,

@@ -256,7 +256,8 @@ def test_train_log_holds_the_mean_loss_of_every_log_every_steps_and_is_trimmed_o
     train(cfg, callback=lambda kind, info: losses.append(info["loss"]) if kind == "step" else None)
     log = tmp_path / "run" / "train.jsonl"
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24, 28]
+    assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24, 28, 30]  # the last two steps close the log
+    assert rows[-1]["steps"] == 2 and rows[-1]["train_loss"] == pytest.approx(np.mean(losses[28:]))
     assert rows[1]["train_loss"] == pytest.approx(np.mean(losses[4:8]))
     assert {"lr", "grad_norm", "chars_per_sec", "elapsed_s"} <= set(rows[0])
     # a run killed at step 27 after checkpointing step 20 logged steps 24; resuming must not log them twice
@@ -271,8 +272,20 @@ def test_train_log_holds_the_mean_loss_of_every_log_every_steps_and_is_trimmed_o
     ck20.replace(tmp_path / "run" / "last.npz")
     cfg.train.max_steps = 30
     train(cfg, resume=True)
-    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [4, 8, 12, 16, 20, 24, 28]
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [4, 8, 12, 16, 20, 24, 28, 30]
     assert [r["step"] for r in records(tmp_path / "run")] == [10, 20, 30]  # the stray step-30 record went
+
+
+def test_a_stop_between_two_log_records_logs_its_steps_and_the_resumed_run_the_rest(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=12, eval_every=100, log_every=4))
+    losses = []
+    on_step = lambda kind, info: losses.append(info["loss"]) if kind == "step" else None  # noqa: E731
+    r = train(cfg, callback=on_step, should_stop=lambda: len(losses) >= 6)  # Ctrl-C after step 6
+    assert r.status == "interrupted" and r.step == 6
+    train(cfg, resume=True, callback=on_step)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["steps"]) for r in rows] == [(4, 4), (6, 2), (8, 2), (12, 4)]
+    assert rows[2]["train_loss"] == pytest.approx(np.mean(losses[6:8]))  # steps 7 and 8 only
 
 
 def test_a_new_run_starts_its_logs_afresh(tmp_path, data_dir):

@@ -24,6 +24,11 @@ class BaseCell:
         """Whether the cell's derivative is continuous (gradcheck takes larger steps then)."""
         return True
 
+    @property
+    def divergence_hint(self) -> str:
+        """Advice the training loop adds when the loss stops being finite ("" for none)."""
+        return ""
+
     def kink_pattern(self, cache):
         """Which piece of its nonlinearity every unit is on, for a cell with kinks (None: smooth).
 

@@ -110,6 +110,12 @@ class Cell(BaseCell):
     def kink_pattern(self, cache):
         return cache.hs > 0 if self.activation == "relu" else None  # relu: which units are active
 
+    @property
+    def divergence_hint(self) -> str:
+        if self.activation != "relu":
+            return ""
+        return "relu units are unbounded: README's 'relu' paragraph (under Initialisation) says what trains"
+
     def init_params(self, D: int, H: int, rng: np.random.Generator, embedding: bool) -> dict[str, np.ndarray]:
         """Wxh as `input_weights`; Whh orthogonal (all singular values 1: gradients neither explode nor
         vanish through Whh at the start), scaled by RELU_RECURRENT_SCALE for relu; bh zero.
