@@ -21,7 +21,12 @@ from it, so how often they run does not change the parameters.
 
 Checkpoints (see checkpoint.py) hold everything the loop needs to continue, the
 generator's state included: with the same config, N steps + resume + N steps give
-the same parameters as 2N steps.
+the same parameters as 2N steps. A new run starts from fresh parameters or, with
+train.init_from, from a trained checkpoint's (fine-tuning, see finetune.py).
+
+Logs in out_dir: metrics.jsonl, one record per evaluation; train.jsonl, the mean
+loss of every train.log_every steps (and of the steps before a stop). A new run
+starts both afresh; a resumed one cuts them back to its checkpoint's step.
 """
 
 from __future__ import annotations
