@@ -196,9 +196,12 @@ def prepare(
         Optional[str], typer.Argument(help="Text file to prepare, or - for standard input.", show_default=False)
     ] = None,
     corpus: Annotated[
-        Optional[str], typer.Option("--corpus", help="A built-in corpus instead of INPUT: shakespeare, or one play: shakespeare:macbeth.")
+        Optional[str],
+        typer.Option("--corpus", help="A built-in corpus instead of INPUT: shakespeare, or one play: shakespeare:macbeth."),
     ] = None,
-    out_dir: Annotated[Optional[str], typer.Option("--out", help="Output folder.", show_default="data/<input stem>")] = None,
+    out_dir: Annotated[
+        Optional[str], typer.Option("--out", help="Output folder.", show_default="data/<input stem>")
+    ] = None,
     val_frac: Annotated[
         float, typer.Option("--val-frac", callback=_fraction, help="Fraction of the text, at its end, kept for validation.")
     ] = 0.1,
@@ -256,7 +259,8 @@ def _threads(n: Optional[int]) -> None:
 
 ThreadsOpt = Annotated[
     Optional[int],
-    typer.Option("--threads", min=1, metavar="N", help="Threads for the matrix products.", show_default="every core"),
+    typer.Option("--threads", min=1, metavar="N", help="Threads for the matrix products (train: train.threads).",
+                 show_default="every core"),
 ]
 
 
@@ -265,19 +269,17 @@ def train(
     config: Annotated[str, typer.Argument(help="YAML config file.", show_default=False)],
     overrides: Annotated[
         Optional[list[str]],
-        typer.Option("--set", callback=_overrides, metavar="KEY=VALUE", help="Override a config value: key.path=value (repeatable)."),
+        typer.Option("--set", callback=_overrides, metavar="KEY=VALUE",
+                     help="Override a config value: key.path=value (repeatable)."),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from out_dir/last.npz.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over even if out_dir holds a run.")] = False,
     init_from: Annotated[
         Optional[str],
-        typer.Option("--init-from", metavar="PATH", help="Fine-tune: start from this checkpoint or run folder (train.init_from)."),
+        typer.Option("--init-from", metavar="PATH",
+                     help="Fine-tune: start from this checkpoint or run folder (train.init_from)."),
     ] = None,
-    threads: Annotated[
-        Optional[int],
-        typer.Option("--threads", min=1, metavar="N", help="Threads for the matrix products (train.threads).",
-                     show_default="every core"),
-    ] = None,
+    threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display, no samples.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per evaluation on stdout.")] = False,
 ) -> None:
@@ -326,7 +328,9 @@ def train(
                   highlight=False)
 
 
-def resume_command(config: str, overrides: Optional[list[str]], init_from: Optional[str], threads: Optional[int]) -> str:
+def resume_command(
+    config: str, overrides: Optional[list[str]], init_from: Optional[str], threads: Optional[int]
+) -> str:
     """The shell command that continues this run: the same config and options, with --resume."""
     import shlex
 
@@ -370,7 +374,8 @@ class _TrainDisplay:
         # the step count, bar and ETA keep their width; on a narrow terminal the statistics are cut instead
         self.progress = Progress(
             MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=9)),
-            BarColumn(bar_width=16, table_column=Column(no_wrap=True, min_width=16)), TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True, min_width=7)),
+            BarColumn(bar_width=16, table_column=Column(no_wrap=True, min_width=16)),
+            TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True, min_width=7)),
             TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=err, transient=False,
         )  # fmt: skip
@@ -448,7 +453,9 @@ class _TrainDisplay:
 @app.command(name="eval", cls=_Command)
 def eval_(
     ckpt: CkptOpt,
-    data: Annotated[Optional[str], typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")] = None,
+    data: Annotated[
+        Optional[str], typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")
+    ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -492,7 +499,8 @@ def sample(
     num_samples: Annotated[int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, in one batch.")] = 1,
     separator: Annotated[str, typer.Option("--separator", help="Line printed between samples.")] = "---",
     stream: Annotated[
-        Optional[bool], typer.Option("--stream/--no-stream", help="Print as generated.", show_default="when stdout is a terminal")
+        Optional[bool],
+        typer.Option("--stream/--no-stream", help="Print as generated.", show_default="when stdout is a terminal"),
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -501,7 +509,9 @@ def sample(
     if prime is not None and prime_file is not None:
         raise typer.BadParameter("give --prime or --prime-file, not both")
     if argmax and (temperature != 1.0 or top_k is not None or top_p is not None):
-        raise typer.BadParameter("--argmax always takes the most likely character: drop --temperature, --top-k and --top-p")
+        raise typer.BadParameter(
+            "--argmax always takes the most likely character: drop --temperature, --top-k and --top-p"
+        )
     _threads(threads)
     from .sampling import Decoding, sample_from_checkpoint
 
@@ -565,7 +575,9 @@ class XAxis(str, Enum):
 
 @app.command(cls=_Command)
 def plot(
-    runs: Annotated[list[str], typer.Argument(metavar="RUN...", help="Run folders (their out_dir).", show_default=False)],
+    runs: Annotated[
+        list[str], typer.Argument(metavar="RUN...", help="Run folders (their out_dir).", show_default=False)
+    ],
     x: Annotated[XAxis, typer.Option("--x", help="Against steps, or training time.")] = XAxis.step,
     out_file: Annotated[
         Optional[str], typer.Option("--out", metavar="FILE", help="Write a .png, .svg or .pdf instead of drawing here.")

@@ -40,6 +40,15 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | float64
 
 
+ARCHITECTURE = ("cell", "hidden_size", "num_layers", "activation")  # the keys that fix the parameters' shapes
+
+
+def model_differences(checkpoint: ModelConfig, config: ModelConfig, keys=ARCHITECTURE) -> list[str]:
+    """'model.KEY: checkpoint A, config B' for each of keys whose value differs."""
+    return [f"model.{k}: checkpoint {getattr(checkpoint, k)!r}, config {getattr(config, k)!r}"
+            for k in keys if getattr(checkpoint, k) != getattr(config, k)]  # fmt: skip
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 64  # parallel streams through the text

@@ -21,12 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import checkpoint
-from .config import Config
+from .config import Config, model_differences
 from .data import Vocab
 from .errors import CharRNNError
 from .model import param_shapes
-
-ARCHITECTURE = ("cell", "hidden_size", "num_layers", "activation")
 
 
 class FineTuneError(CharRNNError):
@@ -104,8 +102,7 @@ def init_from(path: str, cfg: Config, vocab: Vocab, fresh: dict[str, np.ndarray]
     """
     ckpt = checkpoint.load(path)
     old_cfg = ckpt.config
-    diffs = [f"model.{k}: checkpoint {getattr(old_cfg.model, k)!r}, config {getattr(cfg.model, k)!r}"
-             for k in ARCHITECTURE if getattr(old_cfg.model, k) != getattr(cfg.model, k)]  # fmt: skip
+    diffs = model_differences(old_cfg.model, cfg.model)
     if diffs:
         raise FineTuneError(
             f"cannot fine-tune from {ckpt.path}: the architecture differs ({'; '.join(diffs)}); "

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import CharRNNError
+from .train import METRICS_FILE as METRICS
+from .train import TRAIN_LOG
 
 PLOT_EXTRA = 'pip install -e ".[plot]"'
-TRAIN_LOG, METRICS = "train.jsonl", "metrics.jsonl"
 X_KEYS = {"step": "step", "time": "elapsed_s"}
 FILE_FORMATS = (".png", ".svg", ".pdf")
 VAL_MARKERS = ("•", "x", "+", "o", "*", "#")  # the validation points, one per run: told apart without colour
@@ -61,10 +62,15 @@ def _records(path: Path) -> list[dict]:
     return rows
 
 
+def _run_folder(path: str) -> Path:
+    """A run folder, given itself or one of its files (its metrics.jsonl)."""
+    p = Path(path)
+    return p.parent if p.is_file() else p
+
+
 def load_run(path: str, x: str = "step", name: str | None = None) -> Curves:
     """The curves of a run folder (or of the folder holding the metrics.jsonl given)."""
-    p = Path(path)
-    folder = p.parent if p.is_file() else p
+    folder = _run_folder(path)
     if not folder.is_dir():
         raise PlotError(f"no such run folder: {path}")
     metrics, train_log = folder / METRICS, folder / TRAIN_LOG
@@ -89,10 +95,10 @@ def load_run(path: str, x: str = "step", name: str | None = None) -> Curves:
 
 def load_runs(paths: list[str], x: str = "step") -> list[Curves]:
     """Every run's curves, named by folder; folders of the same name are told apart by their parent."""
-    folders = [Path(p).parent if Path(p).is_file() else Path(p) for p in paths]
-    names = [f.resolve().name for f in folders]
+    folders = [_run_folder(p).resolve() for p in paths]
+    names = [f.name for f in folders]
     if len(set(names)) < len(names):
-        names = [f"{f.resolve().parent.name}/{f.resolve().name}" for f in folders]
+        names = [f"{f.parent.name}/{f.name}" for f in folders]
     return [load_run(p, x, n) for p, n in zip(paths, names, strict=True)]
 
 
@@ -128,7 +134,8 @@ def terminal_plot(curves: list[Curves], x: str = "step", width: int = 100, heigh
         import plotext as plt
     except ImportError:
         raise PlotError(f"plotting in the terminal needs plotext: {PLOT_EXTRA}") from None
-    label, div = _axis_label(x, _span(curves))
+    span = _span(curves)
+    label, div = _axis_label(x, span)
     lo, hi = _y_range(curves)
     f = plt.figure
     f.clear()
@@ -147,7 +154,7 @@ def terminal_plot(curves: list[Curves], x: str = "step", width: int = 100, heigh
             s = f.signal([v / div for v in c.val_x], c.val_y, marker=plt.marker(VAL_MARKERS[i % len(VAL_MARKERS)], hue))
             s.label(f"{c.name} val")
             f.draw(s)
-    f.legend(x=_span(curves) / div, y=hi, ha="right", va="top", relative=True)  # top right: curves fall from the left
+    f.legend(x=span / div, y=hi, ha="right", va="top", relative=True)  # top right: curves fall from the left
     f.title("loss (nats/char)")
     f.label(label, axis="x")
     text = f.build()

@@ -17,7 +17,7 @@ a batch equals the single sample with the same seed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Callable
 
 import numpy as np
@@ -70,9 +70,6 @@ class Decoding:
     def filtered(self) -> bool:
         """Whether top-k or top-p removes characters (then the draw inverts the filtered CDF)."""
         return self.top_k is not None or (self.top_p is not None and self.top_p < 1)
-
-    def to_dict(self) -> dict:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, "argmax": self.argmax}
 
 
 def _check_length(n: int) -> None:
@@ -247,7 +244,7 @@ def sample_from_checkpoint(
     texts = generate(model, vocab, n, prime, decoding, seed, num_samples, on_step)
     return {
         "samples": [head + t for t in texts], "checkpoint": ckpt.path, "step": ckpt.step, "seed": seed,
-        **decoding.to_dict(), "n": n, "prime": prime, "num_samples": num_samples,
+        **asdict(decoding), "n": n, "prime": prime, "num_samples": num_samples,
     }  # fmt: skip
 
 

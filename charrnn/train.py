@@ -41,7 +41,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint, finetune
-from .config import Config, config_from_json
+from .config import ARCHITECTURE, Config, model_differences
 from .data import DataError, Dataset, load_dataset
 from .errors import CharRNNError
 from .files import atomic_write
@@ -193,10 +193,7 @@ def _noop(kind: str, info: dict) -> None:
 
 def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, vocab) -> None:
     """A resumed checkpoint must have the config's architecture and the data's vocabulary."""
-    old = config_from_json(ckpt.meta["config"]).model
-    diffs = [f"model.{k}: checkpoint {getattr(old, k)!r}, config {getattr(cfg.model, k)!r}"
-             for k in ("cell", "hidden_size", "num_layers", "activation", "dtype")
-             if getattr(old, k) != getattr(cfg.model, k)]  # fmt: skip
+    diffs = model_differences(ckpt.config.model, cfg.model, ARCHITECTURE + ("dtype",))
     if diffs:
         raise TrainError(f"cannot resume {ckpt.path}: the architecture differs ({'; '.join(diffs)})")
     if ckpt.vocab.chars != vocab.chars:
@@ -308,7 +305,7 @@ def train(
     if not resume:  # a new run starts its logs afresh (a run killed before its first checkpoint left some)
         for p in (last_path, out / checkpoint.BEST, out / METRICS_FILE, out / TRAIN_LOG):
             p.unlink(missing_ok=True)
-    if resume:  # records written after the checkpoint will be written again
+    else:  # records written after the checkpoint will be written again
         for p in (out / METRICS_FILE, out / TRAIN_LOG):
             _trim_log(p, run.st.step)
     try:
