@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,6 +115,20 @@ UNIT_INTERVAL = {  # must lie in [0, 1)
 }
 FRACTION = {"train.min_lr_frac", "train.lr_decay"}  # must lie in [0, 1]
 
+# What char-rnn, torch-rnn and nanoGPT call our keys (their flags and config names), and common short forms:
+# a user who types one is pointed to ours, where spelling alone would suggest a wrong key (lr -> lr_decay).
+FOREIGN_NAMES = {
+    "lr": "train.learning_rate", "rnn_size": "model.hidden_size", "n_embd": "model.hidden_size",
+    "hidden": "model.hidden_size", "n_layer": "model.num_layers", "layers": "model.num_layers",
+    "model": "model.cell", "rnn_type": "model.cell", "cell_type": "model.cell", "batch": "train.batch_size",
+    "block_size": "train.seq_length", "seq_len": "train.seq_length", "bptt": "train.seq_length",
+    "max_iters": "train.max_steps", "steps": "train.max_steps", "warmup_iters": "train.warmup_steps",
+    "eval_interval": "train.eval_every", "eval_val_every": "train.eval_every",
+    "checkpoint_every": "train.eval_every", "log_interval": "train.log_every", "print_every": "train.log_every",
+    "decay_rate": "train.rms_decay", "learning_rate_decay": "train.lr_decay", "dataset": "data",
+    "data_dir": "data", "input": "data", "checkpoint_dir": "out_dir",
+}  # fmt: skip
+
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|m|min|h)?\s*$", re.I)
 
 
@@ -130,7 +145,18 @@ def valid_keys() -> list[str]:
 
 
 def _suggest(key: str) -> str:
-    """'; did you mean ...?' for the closest valid key at the same level, or ''."""
+    """'; did you mean ...?' for what the user most likely meant, or ''.
+
+    In order: the same name in another section (train.dropout -> model.dropout),
+    the same key in other letter case, our name for another tool's (lr ->
+    train.learning_rate), then the closest spelling at the same level.
+    """
+    name = key.rpartition(".")[2]
+    for guess in [k for k in valid_keys() if k.rpartition(".")[2] == name.lower()] + [
+        k for k in valid_keys() if k == key.lower()
+    ] + [FOREIGN_NAMES.get(name.lower())]:
+        if guess and guess != key:
+            return f"; did you mean '{guess}'?"
     if "." in key:
         section = key.split(".", 1)[0]
         candidates = [k for k in valid_keys() if k.startswith(section + ".")] or valid_keys()
@@ -156,13 +182,17 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
         if isinstance(value, bool):
             raise bad("a number")
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 2e-3 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise bad("a number") from None
-        raise bad("a number")
+        else:
+            raise bad("a number")
+        if not math.isfinite(number):  # YAML's .inf and .nan: no setting means either
+            raise bad("a finite number")
+        return number
     if typ == "float | None":
         if value is None:
             return None
@@ -227,6 +257,8 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
                 if sub not in fields:
                     raise ConfigError(f"unknown key '{dotted}'{_suggest(dotted)}")
                 v = _coerce(dotted, v, str(fields[sub].type))
+                if dotted in CHOICES and isinstance(v, str):
+                    v = v.lower()  # cell: LSTM means lstm
                 _check_range(dotted, v)
                 setattr(section, sub, v)
         else:

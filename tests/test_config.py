@@ -94,3 +94,34 @@ def test_cells_and_dropout(tmp_path):
             from_dict({"data": "d", "model": {"cell": cell, "activation": "relu"}})
     relu = from_dict({"data": "d", "out_dir": "o", "model": {"cell": "rnn", "activation": "relu"}})
     assert relu.model.activation == "relu"
+
+
+@pytest.mark.parametrize(
+    "raw, suggestion",
+    [
+        ({"train": {"lr": 0.1}}, "train.learning_rate"),  # difflib alone said lr_decay
+        ({"lr": 0.1}, "train.learning_rate"),
+        ({"train": {"dropout": 0.1}}, "model.dropout"),  # our own name, in the other section
+        ({"batch_size": 8}, "train.batch_size"),
+        ({"model": {"rnn_size": 128}}, "model.hidden_size"),  # char-rnn's and torch-rnn's names
+        ({"train": {"max_iters": 10}}, "train.max_steps"),  # nanoGPT's
+        ({"train": {"Batch_Size": 8}}, "train.batch_size"),
+    ],
+)
+def test_unknown_keys_suggest_what_the_user_meant(raw, suggestion):
+    with pytest.raises(ConfigError, match=rf"did you mean '{re.escape(suggestion)}'"):
+        from_dict({"data": "d", **raw})
+
+
+def test_choices_are_read_in_any_letter_case():
+    cfg = from_dict({"data": "d", "out_dir": "o", "model": {"cell": "LSTM", "activation": "Tanh"},
+                     "train": {"optimizer": "Adam"}})  # fmt: skip
+    assert (cfg.model.cell, cfg.model.activation, cfg.train.optimizer) == ("lstm", "tanh", "adam")
+
+
+@pytest.mark.parametrize("value", [".inf", ".nan", "-.inf"])
+def test_no_setting_takes_an_infinite_or_nan_number(tmp_path, value):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"data: d\ntrain:\n  sample_temperature: {value}\n")
+    with pytest.raises(ConfigError, match="train.sample_temperature must be a finite number"):
+        load_config(path)
