@@ -20,15 +20,27 @@ from rich.console import Console
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-from .errors import CharRNNError
+from .errors import CharRNNError, plural
 
 # click's exception classes, found through a public one (typer may vendor click or depend on it)
 _UsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+def _untyped_flags(params):
+    """typer 0.29 shows `<bool>` as the type of every flag; a flag takes no value, so show none."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""  # typer shows the metavar, when set, in place of the type
+    return params
+
+
 class _OneLineErrors(TyperGroup):
-    """Typer's group, except that a usage error is one line on stderr (exit 2), not a framed panel."""
+    """Typer's group, except that a usage error is one line on stderr (exit 2), not a framed panel,
+    and its flags (--version, --debug, --help) show no `<bool>`."""
+
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         if not standalone_mode:
@@ -61,11 +73,7 @@ class _Command(TyperCommand):
     """
 
     def get_params(self, ctx):
-        params = super().get_params(ctx)
-        for p in params:
-            if getattr(p, "is_flag", False) and p.metavar is None:
-                p.metavar = ""  # typer shows the metavar, when set, in place of the type
-        return params
+        return _untyped_flags(super().get_params(ctx))
 
     def collect_usage_pieces(self, ctx):
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -107,9 +115,10 @@ Cell = _cell_enum()
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the random generator.")]
 ActivationOpt = Annotated[
-    Activation, typer.Option("--activation", help="Hidden-unit nonlinearity (relu: cell rnn only).")
+    Activation,
+    typer.Option("--activation", case_sensitive=False, help="Hidden-unit nonlinearity (relu: cell rnn only)."),
 ]
-CellOpt = Annotated[Cell, typer.Option("--cell", help="Recurrent cell.")]
+CellOpt = Annotated[Cell, typer.Option("--cell", case_sensitive=False, help="Recurrent cell.")]
 HiddenOpt = Annotated[int, typer.Option("--hidden", min=1, help="Hidden units per layer.")]
 LayersOpt = Annotated[int, typer.Option("--layers", min=1, help="Number of stacked recurrent layers.")]
 
@@ -249,7 +258,7 @@ def _overrides(values: Optional[list[str]]) -> Optional[list[str]]:
 
 
 def _threads(n: Optional[int]) -> None:
-    """Limit the BLAS threads before the command imports numpy (see charrnn.threads)."""
+    """Limit the BLAS threads before the command imports numpy (see charrnn.threads); 0 or None: the default."""
     if n:
         from .threads import set_threads
 
@@ -259,7 +268,8 @@ def _threads(n: Optional[int]) -> None:
 
 ThreadsOpt = Annotated[
     Optional[int],
-    typer.Option("--threads", min=1, metavar="N", help="Threads for the matrix products (train: train.threads).",
+    typer.Option("--threads", min=0, metavar="N",
+                 help="Threads for the matrix products; 0 = every core (train: train.threads).",
                  show_default="every core"),
 ]
 
@@ -299,30 +309,35 @@ def train(
     _threads(cfg.train.threads)  # before numpy loads
     from .train import train as run_train
 
-    presses = [0]
+    # Ctrl-C (SIGINT) and SIGTERM (what SLURM, `timeout`, Docker and systemd send before killing) both ask
+    # the loop to stop after its step: it saves last.npz, and we exit 128 + the signal's number (130, 143)
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    received: list[int] = []
 
-    def on_sigint(signum, frame):
-        presses[0] += 1
-        if presses[0] > 1:
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
             err.print("still saving the checkpoint, please wait", highlight=False)
 
     display = _TrainDisplay(quiet=quiet, as_json=as_json)
-    old = signal.signal(signal.SIGINT, on_sigint)
+    old = {s: signal.signal(s, on_signal) for s in stop_signals}
     try:
         with _user_errors(), display:
-            result = run_train(cfg, resume=resume, force=force, callback=display, should_stop=lambda: presses[0] > 0)
+            result = run_train(cfg, resume=resume, force=force, callback=display, should_stop=lambda: bool(received))
     finally:
-        # after a Ctrl-C, further presses must not kill us while we report and exit 130
-        signal.signal(signal.SIGINT, signal.SIG_IGN if presses[0] else old)
+        # after a stop signal, further ones must not kill us while we report and exit
+        for s in stop_signals:
+            signal.signal(s, signal.SIG_IGN if received else old[s])
     if result.status == "interrupted":
-        err.print(f"interrupted at step {result.step}; saved {result.checkpoint}\n"
+        name = signal.Signals(received[0]).name if received else "a stop request"
+        err.print(f"stopped by {name} at step {result.step}; saved {result.checkpoint}\n"
                   f"resume with: {resume_command(config, overrides, init_from, threads)}", highlight=False)  # fmt: skip
-        raise typer.Exit(130)
+        raise typer.Exit(128 + (received[0] if received else signal.SIGINT))
     if not quiet:
         how = {"done": "finished", "early_stop": "stopped early (patience)", "time_limit": "reached the time limit"}
         best = f", best val loss {result.best_val:.4f}" if result.best_val is not None else ""
         if best and display.val_chars:
-            best += (f" on the first {display.val_chars:,} val characters (train.eval_chars; "
+            best += (f" on the first {plural(display.val_chars, 'val character')} (train.eval_chars; "
                      f"`charrnn eval` scores the whole split)")  # fmt: skip
         err.print(f"{how.get(result.status, result.status)} at step {result.step}{best}; checkpoints in {result.out_dir}",
                   highlight=False)
@@ -420,7 +435,9 @@ class _TrainDisplay:
             self.time_limit = info.get("time_limit")
             self.start_wall, self.start_step = time.perf_counter(), info["step"]
             self.start_elapsed = info.get("elapsed_s", 0.0)
-            if self.quiet:
+            if self.quiet:  # no display, but what the user must know about this run still goes to stderr
+                for note in info.get("notes") or ():
+                    err.print(f"note: {note}", highlight=False, markup=False)
                 return
             self._start_progress()
             self.task = self.progress.add_task("train", total=info["max_steps"], completed=info["step"], stats="",
@@ -428,8 +445,10 @@ class _TrainDisplay:
             what = "resuming at step" if info["resumed"] else "training from step"
             if info.get("init_from"):
                 self.log(info["init_from"])
-            self.log(f"{what} {info['step']}: {info['model']}, {info['params']:,} parameters, "
-                     f"vocabulary {info['vocab_size']}, {info['windows_per_epoch']} windows per epoch "
+            for note in info.get("notes") or ():
+                self.log(f"note: {note}")
+            self.log(f"{what} {info['step']}: {info['model']}, {plural(info['params'], 'parameter')}, "
+                     f"vocabulary {info['vocab_size']}, {plural(info['windows_per_epoch'], 'window')} per epoch "
                      f"-> {info['out_dir']}")  # fmt: skip
         elif kind == "step":
             self.last_step = info
@@ -441,10 +460,10 @@ class _TrainDisplay:
                 print(json.dumps({k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec",
                                                         "elapsed_s")}), flush=True)  # fmt: skip
             train = f"train {info['train_loss']:.4f}, " if info["train_loss"] is not None else ""
-            subset = f" on the first {info['val_chars']:,} val characters" if "val_chars" in info else ""
+            subset = f" on the first {plural(info['val_chars'], 'val character')}" if "val_chars" in info else ""
+            speed = f", {info['chars_per_sec'] / 1000:.1f}k chars/s" if info["chars_per_sec"] else ""  # none at step 0
             self.log(f"step {info['step']}: {train}val {info['val_loss']:.4f} nats/char "
-                     f"({info['val_bpc']:.3f} bits){subset}, {info['chars_per_sec'] / 1000:.1f}k chars/s, "
-                     f"{info['elapsed_s']:.0f}s")  # fmt: skip
+                     f"({info['val_bpc']:.3f} bits){subset}{speed}, {info['elapsed_s']:.0f}s")  # fmt: skip
             self._render()  # the live line shows this evaluation now, not from the next step on
         elif kind == "sample":
             self.log("-" * 40 + "\n" + info["text"] + "\n" + "-" * 40)
@@ -469,7 +488,7 @@ def eval_(
         print(json.dumps(r))
     else:
         print(f"val loss {r['val_loss']:.4f} nats/char, {r['val_bpc']:.4f} bits/char "
-              f"({r['val_chars']:,} characters, step {r['step']}, {r['checkpoint']})")  # fmt: skip
+              f"({plural(r['val_chars'], 'character')}, step {r['step']}, {r['checkpoint']})")  # fmt: skip
 
 
 class Unknown(str, Enum):

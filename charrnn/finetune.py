@@ -23,7 +23,7 @@ import numpy as np
 from . import checkpoint
 from .config import Config, model_differences
 from .data import Vocab
-from .errors import CharRNNError
+from .errors import CharRNNError, plural
 from .model import param_shapes
 
 
@@ -51,7 +51,7 @@ class Origin:
                    str(d["dropped"]))  # fmt: skip
 
     def describe(self) -> str:
-        text = f"fine-tuning from {self.path} (step {self.step}): {self.shared} characters shared"
+        text = f"fine-tuning from {self.path} (step {self.step}): {plural(self.shared, 'character')} shared"
         if self.new:
             text += f", {len(self.new)} new {self.new!r}"
         if self.dropped:

@@ -21,12 +21,18 @@ from it, so how often they run does not change the parameters.
 
 Checkpoints (see checkpoint.py) hold everything the loop needs to continue, the
 generator's state included: with the same config, N steps + resume + N steps give
-the same parameters as 2N steps. A new run starts from fresh parameters or, with
-train.init_from, from a trained checkpoint's (fine-tuning, see finetune.py).
+the same parameters as 2N steps. They also hold a fingerprint of the data (see
+data.fingerprint): resuming on another text is refused, since the run's best
+loss and best.npz belong to the old one (fine-tuning is the way to go on). A new
+run starts from fresh parameters or, with train.init_from, from a trained
+checkpoint's (fine-tuning, see finetune.py).
 
-Logs in out_dir: metrics.jsonl, one record per evaluation; train.jsonl, the mean
-loss of every train.log_every steps (and of the steps before a stop). A new run
-starts both afresh; a resumed one cuts them back to its checkpoint's step.
+Logs in out_dir: metrics.jsonl, one record per evaluation, whose train_loss is
+the mean training loss of the steps since the previous evaluation; train.jsonl,
+the mean loss of every train.log_every steps (and of the steps before a stop). A
+new run starts both afresh; a resumed one cuts them back to its checkpoint's
+step. The run holds out_dir's lock (runlock.py) from before its first write to
+its end, so no second run writes the same folder.
 """
 
 from __future__ import annotations
@@ -42,17 +48,21 @@ import numpy as np
 
 from . import checkpoint, finetune
 from .config import ARCHITECTURE, Config, model_differences
-from .data import DataError, Dataset, load_dataset
-from .errors import CharRNNError
+from .data import DataError, Dataset, fingerprint, load_dataset
+from .errors import CharRNNError, plural
 from .files import atomic_write
 from .model import DTYPES, CharRNN, init_params
 from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
+from .runlock import LOCK_FILE, RunLock
 from .sampling import Decoding, generate
 from .threads import set_threads
 
 METRICS_FILE = "metrics.jsonl"  # one record per evaluation
 TRAIN_LOG = "train.jsonl"  # one record per train.log_every steps: the mean loss over them
 LN2 = math.log(2)
+DISPLAY_DECAY = 0.9  # the live display's loss: an EMA over ~10 steps, debiased (see LossEMA)
+SCHEDULE_KEYS = ("learning_rate", "lr_schedule", "warmup_steps", "min_lr_frac", "lr_decay_every", "lr_decay",
+                 "max_steps")  # fmt: skip
 
 
 class TrainError(CharRNNError):
@@ -115,7 +125,35 @@ def evaluate(model: CharRNN, ids: np.ndarray, batch_size: int, seq_length: int) 
         else:
             _, h = model.forward(x, h)
         count += c
-    return total / count
+    return nonnegative(total / count)
+
+
+def nonnegative(loss: float) -> float:
+    """A mean NLL as reported: never below 0 (a one-character text's loss is 0; rounding made it -0.0000).
+
+    NaN and infinities pass through unchanged, for the divergence checks.
+    """
+    return 0.0 if loss <= 0 else loss
+
+
+class LossEMA:
+    """The live display's smoothed training loss: an exponential moving average, debiased.
+
+    ema_n = d ema_{n-1} + (1 - d) loss_n from ema_0 = 0, shown as ema_n / (1 - d^n),
+    the bias correction of Adam's moments (Kingma & Ba 2015): a weighted mean of
+    the steps so far, never the stale first loss. d = DISPLAY_DECAY, 0.9: the last
+    ~10 steps, so it follows a falling loss closely at the start of a run (0.98, the
+    old value seeded with the first loss, showed 3.17 where the last 20 steps'
+    mean was 2.14). Display only: the logs hold exact means.
+    """
+
+    def __init__(self, decay: float = DISPLAY_DECAY):
+        self.decay, self.ema, self.n = decay, 0.0, 0
+
+    def update(self, loss: float) -> float:
+        self.n += 1
+        self.ema = self.decay * self.ema + (1 - self.decay) * loss
+        return nonnegative(self.ema / (1 - self.decay**self.n))
 
 
 # --------------------------------------------------------------------------- one update
@@ -148,20 +186,23 @@ class TrainState:
     epoch: int = 0
     window: int = 0  # next window within the epoch
     offset: int = 0  # where the streams start in this epoch (see train_window)
-    smooth_loss: float | None = None
+    interval_loss: float = 0.0  # sum of the training losses since the last evaluation
+    interval_steps: int = 0  # how many steps that sum holds
     best_val: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
     elapsed: float = 0.0  # training seconds over all runs
     history: list[dict] = field(default_factory=list)
     init_from: dict | None = None  # a fine-tuned run's origin (finetune.Origin), kept in all its checkpoints
+    data_fingerprint: dict | None = None  # data.fingerprint() of the text trained on (None: a run before 0.2.0)
 
     def to_json(self) -> dict:
         return {
             "step": self.step, "position": {"epoch": self.epoch, "window": self.window, "offset": self.offset},
-            "smooth_loss": self.smooth_loss, "best_val": self.best_val, "best_step": self.best_step,
+            "interval_loss": self.interval_loss, "interval_steps": self.interval_steps,
+            "best_val": self.best_val, "best_step": self.best_step,
             "evals_since_best": self.evals_since_best, "elapsed": self.elapsed, "history": self.history,
-            "init_from": self.init_from,
+            "init_from": self.init_from, "data_fingerprint": self.data_fingerprint,
         }  # fmt: skip
 
     @classmethod
@@ -170,9 +211,11 @@ class TrainState:
         return cls(
             step=int(meta["step"]), epoch=int(pos.get("epoch", 0)), window=int(pos.get("window", 0)),
             offset=int(pos.get("offset", 0)),
-            smooth_loss=meta.get("smooth_loss"), best_val=meta.get("best_val"), best_step=meta.get("best_step"),
+            interval_loss=float(meta.get("interval_loss", 0.0)), interval_steps=int(meta.get("interval_steps", 0)),
+            best_val=meta.get("best_val"), best_step=meta.get("best_step"),
             evals_since_best=int(meta.get("evals_since_best", 0)), elapsed=float(meta.get("elapsed", 0.0)),
             history=list(meta.get("history", [])), init_from=meta.get("init_from"),
+            data_fingerprint=meta.get("data_fingerprint"),
         )  # fmt: skip
 
 
@@ -191,16 +234,51 @@ def _noop(kind: str, info: dict) -> None:
     pass
 
 
-def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, vocab) -> None:
-    """A resumed checkpoint must have the config's architecture and the data's vocabulary."""
+def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, ds: Dataset) -> dict:
+    """A resumed checkpoint must have the config's architecture and the data's vocabulary and text.
+
+    Returns the data's fingerprint. Raises TrainError saying what differs; for other
+    data, it points to fine-tuning (--init-from), the way to go on training on it.
+    """
     diffs = model_differences(ckpt.config.model, cfg.model, ARCHITECTURE + ("dtype",))
     if diffs:
         raise TrainError(f"cannot resume {ckpt.path}: the architecture differs ({'; '.join(diffs)})")
-    if ckpt.vocab.chars != vocab.chars:
+    to_new_text = (f"to go on training this model on the new text, fine-tune it: --init-from {ckpt.path} "
+                   f"with another out_dir")  # fmt: skip
+    if ckpt.vocab.chars != ds.vocab.chars:
+        raise TrainError(f"cannot resume {ckpt.path}: its vocabulary differs from the data's in {cfg.data} "
+                         f"({ckpt.vocab.difference(ds.vocab)}); {to_new_text}")  # fmt: skip
+    now = fingerprint(ds)
+    then = ckpt.meta.get("data_fingerprint")
+    if then is not None and then != now:
+        changes = [f"{split} split {plural(then[key], 'character')} then, {now[key]:,} now"
+                   for split, key in (("train", "train_chars"), ("val", "val_chars")) if then.get(key) != now[key]]  # fmt: skip
         raise TrainError(
-            f"cannot resume {ckpt.path}: its vocabulary ({ckpt.vocab.size} characters) differs from "
-            f"the data's ({vocab.size} characters) in {cfg.data}"
+            f"cannot resume {ckpt.path}: {cfg.data} no longer holds the text this run trained on "
+            f"({'; '.join(changes) or 'same sizes, other characters'}), and its best loss and best.npz belong to "
+            f"that text; {to_new_text}, or start over here with --force"
         )
+    return now
+
+
+def schedule_change(old, new, step: int) -> str | None:
+    """What a resumed run's schedule now does, when the config changed it (say train.max_steps): or None.
+
+    old and new are the checkpoint's and the config's TrainConfig; step is the
+    first step the resumed run trains.
+    """
+    changed = [k for k in SCHEDULE_KEYS if getattr(old, k) != getattr(new, k)]
+    was, now = learning_rate(step, old), learning_rate(step, new)
+    if not changed or math.isclose(was, now, rel_tol=1e-9):
+        return None
+    last = learning_rate(max(step - 1, 0), old)
+    keys = ", ".join(f"train.{k} {getattr(old, k)} -> {getattr(new, k)}" for k in changed)
+    keep = f"--set train.lr_schedule=constant --set train.learning_rate={last:.3g}"
+    if step < new.warmup_steps:
+        keep += " --set train.warmup_steps=0"
+    return (f"the learning-rate schedule changed ({keys}): step {step + 1} trains at {now:.2e}, where the "
+            f"checkpoint's schedule gave {was:.2e}; to go on at the rate the run stopped at instead, resume with "
+            f"{keep}")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- setup
@@ -215,6 +293,7 @@ class Run:
     st: TrainState
     rng: np.random.Generator
     h: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)  # what the user should know as the run starts
 
 
 def new_run(cfg: Config, ds: Dataset) -> Run:
@@ -226,7 +305,7 @@ def new_run(cfg: Config, ds: Dataset) -> Run:
     mc = cfg.model
     rng = np.random.default_rng(cfg.train.seed)
     params = init_params(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, rng, DTYPES[mc.dtype])
-    st = TrainState()
+    st = TrainState(data_fingerprint=fingerprint(ds))
     if cfg.train.init_from:
         params, origin = finetune.init_from(cfg.train.init_from, cfg, ds.vocab, params)
         st.init_from = origin.to_json()
@@ -240,7 +319,7 @@ def resumed_run(cfg: Config, ds: Dataset, path: Path) -> Run:
     if not path.is_file():
         raise TrainError(f"nothing to resume: {path} does not exist")
     ckpt = checkpoint.load(path)
-    check_compatible(cfg, ckpt, ds.vocab)
+    data_fingerprint = check_compatible(cfg, ckpt, ds)
     model = ckpt.model()
     model.dropout = cfg.model.dropout  # a training setting, like the learning rate: the config's applies
     if set(ckpt.optim_state) != set(init_state(cfg.train.optimizer, model.params)):
@@ -251,21 +330,28 @@ def resumed_run(cfg: Config, ds: Dataset, path: Path) -> Run:
         rng.bit_generator.state = ckpt.meta["rng"]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise TrainError(f"cannot resume {path}: its training state is damaged ({e})") from None
+    st.data_fingerprint = data_fingerprint  # a checkpoint written before fingerprints gets one from now on
     h = ckpt.h if ckpt.h is not None and ckpt.h.shape[1] == cfg.train.batch_size else None
-    return Run(model, ckpt.optim_state, st, rng, h)
+    change = schedule_change(ckpt.config.train, cfg.train, st.step)
+    return Run(model, ckpt.optim_state, st, rng, h, notes=[change] if change else [])
 
 
 def _check_sizes(cfg: Config, ds: Dataset) -> int:
     """Windows per epoch; a TrainError when a split is too short for the batch shape."""
     B, T = cfg.train.batch_size, cfg.train.seq_length
     n_windows = windows_per_epoch(len(ds.train), B, T)
-    if n_windows < 1:
+    if n_windows < 1:  # each of the B streams needs T inputs, and the last input its next character
         raise TrainError(
-            f"the training split ({len(ds.train)} characters) is too short for batch_size {B} x seq_length {T}; "
+            f"the training split ({plural(len(ds.train), 'character')}) is too short for batch_size {B} x seq_length {T}, "
+            f"which needs at least {B * T + 1:,} (B x T inputs and the next character of the last); "
             f"lower them or prepare a longer text"
         )
-    if len(ds.val) - 1 < T:
-        raise TrainError(f"seq_length {T} is longer than the validation split ({len(ds.val)} characters)")
+    if len(ds.val) - 1 < T:  # a window of T inputs and their T next characters
+        raise TrainError(
+            f"seq_length {T} needs a validation split of at least {plural(T + 1, 'character')} (T inputs and the next "
+            f"character of each), and it has {len(ds.val):,}: use seq_length <= {len(ds.val) - 1} or prepare with "
+            f"a larger --val-frac"
+        )
     return n_windows
 
 
@@ -283,18 +369,51 @@ def train(
 ) -> TrainResult:
     """Train as cfg says; report through callback; return how and where it ended.
 
-    should_stop() is polled after every step (the CLI sets it on Ctrl-C); when it
-    turns true the loop saves last.npz and returns status "interrupted".
+    should_stop() is polled after every step (the CLI sets it on Ctrl-C and
+    SIGTERM); when it turns true the loop saves last.npz and returns status
+    "interrupted". Raises TrainError (a subclass of CharRNNError) for anything the
+    user can fix: a run folder that another process holds (runlock.RunLockedError),
+    data that does not fit the config or the resumed checkpoint, a diverged loss,
+    and any failed file operation (one line naming the file and the system's
+    reason, a read-only file system say).
     """
     if cfg.train.threads:
         set_threads(cfg.train.threads)
-    cb = callback or _noop
-    stop = should_stop or (lambda: False)
-    tc, mc = cfg.train, cfg.model
     ds = dataset or load_dataset(cfg.data)
-    B, T = tc.batch_size, tc.seq_length
     n_windows = _check_sizes(cfg, ds)
     out = Path(cfg.out_dir)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainError(f"cannot create {out}: {e.strerror}") from None
+    try:
+        with RunLock(out):
+            return _train_locked(cfg, ds, n_windows, out, resume, force, callback or _noop,
+                                 should_stop or (lambda: False))  # fmt: skip
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # the reader of the CLI's output went away: not a file problem
+            raise
+        where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else str(out)
+        raise TrainError(f"cannot use {where}: {e.strerror or e}") from None
+    finally:
+        if created:  # a run refused before its first write leaves no empty folder behind
+            _remove_if_only_lock(out)
+
+
+def _remove_if_only_lock(folder: Path) -> None:
+    try:
+        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            (folder / LOCK_FILE).unlink()
+            folder.rmdir()
+    except OSError:
+        pass
+
+
+def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: bool, force: bool, cb, stop):
+    """train(), once out_dir's lock is held."""
+    tc, mc = cfg.train, cfg.model
+    B, T = tc.batch_size, tc.seq_length
     last_path = out / checkpoint.LAST
     if not resume and last_path.exists() and not force:
         raise TrainError(f"{out} already holds a run; use --resume to continue it or --force to start over")
@@ -308,10 +427,6 @@ def train(
     else:  # records written after the checkpoint will be written again
         for p in (out / METRICS_FILE, out / TRAIN_LOG):
             _trim_log(p, run.st.step)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainError(f"cannot create {out}: {e.strerror}") from None
     model, st = run.model, run.st
     ev = _Evaluator(cfg, ds, run, out, cb, saved_step=st.step if resume else None)
 
@@ -320,7 +435,8 @@ def train(
     cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "model": what,
                  "params": model.num_params, "out_dir": str(out), "vocab_size": ds.vocab.size,
                  "windows_per_epoch": n_windows, "time_limit": tc.time_limit, "elapsed_s": st.elapsed,
-                 "init_from": st.init_from and finetune.Origin.from_json(st.init_from).describe()})  # fmt: skip
+                 "init_from": st.init_from and finetune.Origin.from_json(st.init_from).describe(),
+                 "notes": run.notes})  # fmt: skip
     status = "done"
     if st.init_from and not st.history:  # a fine-tuned run scores its starting point: the "before" of the curve
         if ev.evaluate(learning_rate(0, tc), 0.0):
@@ -330,6 +446,7 @@ def train(
     interval_start, interval_chars = time.perf_counter(), 0
     chars_per_sec = 0.0
     log_losses: list[float] = []
+    shown = LossEMA()
 
     while status == "done" and st.step < tc.max_steps:
         if stop():
@@ -354,13 +471,14 @@ def train(
             st.window, st.epoch = 0, st.epoch + 1
             if tc.random_offset:
                 st.offset = int(run.rng.integers(0, (len(ds.train) - 1) // B))
-        st.smooth_loss = loss if st.smooth_loss is None else 0.98 * st.smooth_loss + 0.02 * loss
+        st.interval_loss += loss
+        st.interval_steps += 1
         st.elapsed = base_elapsed + (time.perf_counter() - run_start)
         interval_chars += B * T
         now = time.perf_counter()
         if now - interval_start > 0:
             chars_per_sec = interval_chars / (now - interval_start)
-        cb("step", {"step": st.step, "max_steps": tc.max_steps, "loss": loss, "smooth_loss": st.smooth_loss,
+        cb("step", {"step": st.step, "max_steps": tc.max_steps, "loss": loss, "smooth_loss": shown.update(loss),
                     "lr": lr, "grad_norm": norm, "chars_per_sec": chars_per_sec, "epoch": st.epoch,
                     "elapsed_s": st.elapsed})  # fmt: skip
         log_losses.append(loss)
@@ -386,9 +504,9 @@ def train(
 
 def _log_train(out: Path, st: TrainState, losses: list[float], lr: float, norm: float, chars_per_sec: float) -> None:
     """Append the mean loss of the steps since the last record to train.jsonl, and start a new interval."""
-    _append(out / TRAIN_LOG, {"step": st.step, "train_loss": sum(losses) / len(losses), "steps": len(losses),
-                              "lr": lr, "grad_norm": norm, "chars_per_sec": chars_per_sec,
-                              "elapsed_s": round(st.elapsed, 3)})  # fmt: skip
+    mean = nonnegative(sum(losses) / len(losses))
+    _append(out / TRAIN_LOG, {"step": st.step, "train_loss": mean, "steps": len(losses), "lr": lr, "grad_norm": norm,
+                              "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3)})  # fmt: skip
     losses.clear()
 
 
@@ -464,10 +582,14 @@ class _Evaluator:
         if not math.isfinite(val):
             raise TrainError(f"the validation loss became {val} at step {st.step}; "
                              f"{diverged_advice(self.cfg, model.cell)}; {self.kept()}")  # fmt: skip
+        # train_loss: the mean training loss of the steps since the previous evaluation (None before any step)
+        train_loss = nonnegative(st.interval_loss / st.interval_steps) if st.interval_steps else None
         record = {
-            "step": st.step, "train_loss": st.smooth_loss, "val_loss": val, "val_bpc": val / LN2,
-            "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3), "lr": lr, "epoch": st.epoch,
+            "step": st.step, "train_loss": train_loss, "train_steps": st.interval_steps, "val_loss": val,
+            "val_bpc": val / LN2, "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3), "lr": lr,
+            "epoch": st.epoch,
         }  # fmt: skip
+        st.interval_loss, st.interval_steps = 0.0, 0
         if tc.eval_chars:
             record["val_chars"] = int(len(self.val_ids) - 1)
         improved = st.best_val is None or val < st.best_val
@@ -501,7 +623,8 @@ def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None =
         raise TrainError(f"{e}; or, if the data folder moved, name it with --data "
                          f"(this checkpoint was trained on {cfg.data})") from None  # fmt: skip
     if ds.vocab.chars != ckpt.vocab.chars:
-        raise TrainError(f"the vocabulary of {ds.path} differs from the checkpoint's")
+        raise TrainError(f"the vocabulary of {ds.path} differs from the checkpoint's "
+                         f"({ckpt.vocab.difference(ds.vocab)})")  # fmt: skip
     model = ckpt.model()
     B = batch_size or cfg.train.batch_size
     val = evaluate(model, ds.val, B, cfg.train.seq_length)

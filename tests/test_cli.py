@@ -233,3 +233,33 @@ print(seen[:1])
     for args in (["train", str(cfg)], ["eval", "--ckpt", "x"], ["sample", "--ckpt", "x"]):
         r = subprocess.run([sys.executable, "-c", code, *args, "--threads", "1"], capture_output=True, text=True)
         assert r.stdout.strip() == "[False]", (args, r.stdout, r.stderr)  # the first call: numpy not loaded yet
+
+
+def test_the_top_level_help_shows_no_bool_type_either():
+    r = runner.invoke(app, ["--help"], env={"COLUMNS": "100"})
+    assert r.exit_code == 0 and "--version" in r.stdout and "<bool>" not in r.stdout
+
+
+def test_threads_0_means_the_default_as_train_threads_0_does(tmp_path):
+    r = runner.invoke(app, ["train", str(tmp_path / "missing.yaml"), "--threads", "0"])
+    assert r.exit_code == 1 and "no such config file" in r.stderr  # past option parsing: 0 is accepted
+    r = runner.invoke(app, ["gradcheck", "--cell", "LSTM", "--hidden", "3", "--layers", "1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["settings"]["cell"] == "lstm"
+
+
+def test_a_fine_tune_step_0_evaluation_shows_no_speed_and_notes_are_shown_even_when_quiet(monkeypatch):
+    import charrnn.cli as cli
+
+    d, buf, console = _display(120)
+    monkeypatch.setattr(cli, "err", console)
+    d("start", {"step": 0, "max_steps": 20, "resumed": False, "model": "rnn 1 x 8", "params": 1, "out_dir": "o",
+                "vocab_size": 1, "windows_per_epoch": 1, "time_limit": None, "elapsed_s": 0.0, "notes": ["N1"]})
+    d("eval", {"step": 0, "train_loss": None, "val_loss": 1.5, "val_bpc": 2.1, "chars_per_sec": 0.0,
+               "elapsed_s": 0.0})  # fmt: skip
+    d.progress.stop()
+    screen = buf.getvalue()
+    assert "step 0: val 1.5000 nats/char (2.100 bits), 0s" in screen and "chars/s" not in screen
+    assert "note: N1" in screen and "1 parameter," in screen and "1 window per epoch" in screen
+    quiet = cli._TrainDisplay(quiet=True, as_json=False)
+    quiet("start", {"step": 0, "max_steps": 20, "resumed": True, "elapsed_s": 0.0, "notes": ["schedule changed"]})
+    assert "note: schedule changed" in buf.getvalue()

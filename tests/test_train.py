@@ -1,6 +1,7 @@
 """The training loop: batching layout, evaluation coverage, checkpoints, resume, guards."""
 
 import json
+import math
 import os
 import warnings
 
@@ -298,3 +299,91 @@ def test_a_new_run_starts_its_logs_afresh(tmp_path, data_dir):
     train(cfg)
     assert [json.loads(line)["step"] for line in (run / "train.jsonl").read_text().splitlines()] == [5, 10]
     assert [r["step"] for r in records(run)] == [10]
+
+
+# ----------------------------------------------------------------------------- issue 18: numbers that mean what they say
+
+
+def test_the_training_loss_of_an_evaluation_is_the_mean_of_the_steps_since_the_previous_one(tmp_path, data_dir):
+    # it was an EMA (decay 0.98, seeded with the first loss): 3.17 / 2.01 / 1.33 at steps 20 / 60 / 100 where the
+    # steps' mean was 2.14 / 0.87 / 0.76, so it read as overfitting that was not there
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=30, eval_every=10, log_every=5))
+    losses, shown = [], []
+
+    def on(kind, info):
+        if kind == "step":
+            losses.append(info["loss"])
+            shown.append(info["smooth_loss"])
+
+    train(cfg, callback=on)
+    recs = records(tmp_path / "run")
+    for i, r in enumerate(recs):
+        assert r["train_steps"] == 10
+        assert r["train_loss"] == pytest.approx(np.mean(losses[10 * i : 10 * i + 10]), rel=1e-12)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines()]
+    assert recs[1]["train_loss"] == pytest.approx(np.mean([r["train_loss"] for r in log[2:4]]))  # the same number
+    # the live display's loss is a debiased average of recent steps: at step 1 it is that step's loss
+    assert shown[0] == pytest.approx(losses[0])
+    assert abs(shown[9] - np.mean(losses[5:10])) < abs(shown[9] - losses[0])
+
+
+def test_a_stopped_and_resumed_run_reports_the_same_training_loss(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=20, eval_every=10))
+    train(cfg)
+    whole = records(tmp_path / "run")
+    steps = []
+    train(cfg, force=True, should_stop=lambda: len(steps) >= 14,
+          callback=lambda k, i: steps.append(1) if k == "step" else None)  # stopped mid-interval, at step 14
+    train(cfg, resume=True)
+    assert [r["train_loss"] for r in records(tmp_path / "run")] == [r["train_loss"] for r in whole]
+
+
+def test_a_one_character_text_shows_zero_loss_never_negative(tmp_path):
+    from charrnn.data import prepare
+
+    prepare("a" * 400, tmp_path / "data")
+    cfg = load_config(write_config(tmp_path, tmp_path / "data", max_steps=20, eval_every=10, log_every=5))
+    train(cfg)
+    for r in records(tmp_path / "run"):  # the model learns "always a": the loss is 0 up to rounding, never below
+        for loss in (r["val_loss"], r["train_loss"]):
+            assert 0 <= loss < 1e-3 and math.copysign(1, loss) == 1
+    for line in (tmp_path / "run" / "train.jsonl").read_text().splitlines():
+        assert math.copysign(1, json.loads(line)["train_loss"]) == 1
+
+
+def test_the_validation_length_limit_is_stated_as_it_is(tmp_path):
+    from charrnn.data import prepare
+
+    prepare("abcdefghij" * 15, tmp_path / "data", val_frac=0.1)  # 135 / 15 characters
+    ok = load_config(write_config(tmp_path, tmp_path / "data", seq_length=14, batch_size=2, max_steps=2))
+    assert train(ok).step == 2
+    bad = load_config(write_config(tmp_path, tmp_path / "data", seq_length=15, batch_size=2, max_steps=2))
+    with pytest.raises(TrainError, match=r"seq_length 15 needs a validation split of at least 16 characters .* "
+                                         r"it has 15: use seq_length <= 14"):  # fmt: skip
+        train(bad, force=True)
+    long = load_config(write_config(tmp_path, tmp_path / "data", seq_length=14, batch_size=10, max_steps=2))
+    with pytest.raises(TrainError, match=r"\(135 characters\) is too short .* needs at least 141"):
+        train(long, force=True)
+
+
+def test_extending_a_finished_schedule_says_what_the_rate_now_does(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=20, eval_every=10, lr_schedule="cosine",
+                                   warmup_steps=2, learning_rate=1e-2))  # fmt: skip
+    train(cfg)
+    cfg.train.max_steps = 40
+    notes = []
+    train(cfg, resume=True, callback=lambda k, i: notes.extend(i["notes"]) if k == "start" else None)
+    assert len(notes) == 1
+    # cosine from 1e-2 to 1e-3 over steps 2..20 ended at 1e-3; over 2..40, step 20 is at 5.87e-3
+    assert "train.max_steps 20 -> 40" in notes[0] and "step 21 trains at 5.87e-03" in notes[0]
+    assert "gave 1.00e-03" in notes[0]
+    assert notes[0].endswith("--set train.lr_schedule=constant --set train.learning_rate=0.00107")  # step 20's rate
+    cfg.train.max_steps = 50  # the same schedule family, constant: nothing changes at the step it resumes
+    cfg.train.lr_schedule = "constant"
+    notes.clear()
+    train(cfg, resume=True, callback=lambda k, i: notes.extend(i["notes"]) if k == "start" else None)
+    assert len(notes) == 1  # cosine -> constant changed the rate
+    notes.clear()
+    cfg.train.max_steps = 60
+    train(cfg, resume=True, callback=lambda k, i: notes.extend(i["notes"]) if k == "start" else None)
+    assert notes == []  # constant, longer: the rate goes on as it was
