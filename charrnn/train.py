@@ -255,7 +255,7 @@ def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, ds: Dataset) -> d
                    for split, key in (("train", "train_chars"), ("val", "val_chars")) if then.get(key) != now[key]]  # fmt: skip
         raise TrainError(
             f"cannot resume {ckpt.path}: {cfg.data} no longer holds the text this run trained on "
-            f"({'; '.join(changes) or 'same sizes, other characters'}), and its best loss and best.npz belong to "
+            f"({'; '.join(changes) or 'the same sizes, other content'}), and its best loss and best.npz belong to "
             f"that text; {to_new_text}, or start over here with --force"
         )
     return now

@@ -55,7 +55,7 @@ def test_resuming_on_another_text_with_the_same_characters_is_refused(tmp_path):
     with pytest.raises(TrainError) as e:
         train(cfg, resume=True)
     message = str(e.value)
-    assert "no longer holds the text this run trained on" in message and "same sizes" in message
+    assert "no longer holds the text this run trained on" in message and "the same sizes, other content" in message
     assert "--init-from" in message
     assert checkpoint.load(tmp_path / "run" / "last.npz").step == 60  # nothing was touched
     # a different size is named
