@@ -201,7 +201,7 @@ def _check_file(path: str) -> None:
         raise DataError(f"{path} is a directory, not a text file")
 
 
-CHUNK = 1 << 22  # bytes of a file (or characters of a str) read, decoded and encoded at a time: 4 MiB
+CHUNK = 1 << 20  # bytes of a file (or characters of a str) read, decoded and encoded at a time: 1 MiB
 
 # byte-order marks and the encoding each one means; UTF-32-LE's (FF FE 00 00) starts with UTF-16-LE's (FF FE),
 # so the UTF-32 ones are tried first (a UTF-16-LE text whose first character is U+0000 reads as UTF-32-LE)
