@@ -244,7 +244,7 @@ def test_progress_is_reported_after_each_chunk(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "CHUNK", 64)
     path = tmp_path / "t.txt"
-    path.write_bytes(("abcdefgh" * 100).encode())
+    path.write_bytes(b"abcdefgh" * 100)
     calls = []
     prepare_file(str(path), tmp_path / "d", progress=lambda done, total, phase: calls.append((done, total, phase)))
     for phase in ("counting characters", "encoding"):
