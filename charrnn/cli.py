@@ -199,6 +199,42 @@ class ErrorsMode(str, Enum):
 CkptOpt = Annotated[str, typer.Option("--ckpt", help="Checkpoint file, or run folder (its best.npz, else last.npz).")]
 
 
+class _PrepareProgress:
+    """prepare's progress callback: a Rich bar on stderr (a terminal), started once a second has passed,
+    so that a small input prints nothing extra. Use it as a context manager: leaving it removes the bar."""
+
+    DELAY_S = 1.0
+
+    def __init__(self):
+        import time
+
+        self._clock = time.monotonic
+        self._start = self._clock()
+        self._bar = self._task = self._phase = None
+
+    def __call__(self, done: int, total: Optional[int], phase: str) -> None:
+        if self._bar is None:
+            if not err.is_terminal or self._clock() - self._start < self.DELAY_S:
+                return
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                 TimeRemainingColumn(), console=err, transient=True)  # fmt: skip
+            self._bar.start()
+        if phase != self._phase:
+            if self._task is not None:
+                self._bar.remove_task(self._task)
+            self._phase, self._task = phase, self._bar.add_task(phase, total=total)
+        self._bar.update(self._task, completed=done, total=total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.stop()
+
+
 @app.command(cls=_Command)
 def prepare(
     input: Annotated[
@@ -214,10 +250,15 @@ def prepare(
     val_frac: Annotated[
         float, typer.Option("--val-frac", callback=_fraction, help="Fraction of the text, at its end, kept for validation.")
     ] = 0.1,
-    encoding: Annotated[str, typer.Option("--encoding", help="Text encoding of INPUT.")] = "utf-8",
+    encoding: Annotated[
+        str, typer.Option("--encoding", help="Text encoding of INPUT (with utf-8, a UTF-16/32 byte-order mark wins).")
+    ] = "utf-8",
     errors: Annotated[
         ErrorsMode, typer.Option("--errors", help="On undecodable bytes: stop (strict) or substitute U+FFFD (replace).")
     ] = ErrorsMode.strict,
+    keep_line_endings: Annotated[
+        bool, typer.Option("--keep-line-endings", help="Keep \\r\\n and \\r line endings (by default they become \\n).")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Encode a text into a vocabulary and contiguous train/validation splits."""
@@ -225,19 +266,32 @@ def prepare(
 
     if (input is None) == (corpus is None):
         raise typer.BadParameter("give exactly one of INPUT (a path or -) and --corpus NAME")
-    with _user_errors():
+    with _user_errors(), _PrepareProgress() as progress:
         if corpus is not None:
             text, stem = data.corpus_text(corpus), corpus.rpartition(":")[2]
+            out = out_dir or os.path.join("data", stem)
+            summary = data.prepare(text, out, val_frac, keep_line_endings=keep_line_endings, progress=progress)
         else:
-            text = data.read_text(input, encoding, errors.value)
             stem = "stdin" if input == "-" else os.path.splitext(os.path.basename(os.path.normpath(input)))[0]
-        summary = data.prepare(text, out_dir or os.path.join("data", stem), val_frac)
+            summary = data.prepare_file(
+                input, out_dir or os.path.join("data", stem), val_frac, encoding=encoding, errors=errors.value,
+                keep_line_endings=keep_line_endings, progress=progress,
+            )  # fmt: skip
+    for warning in summary.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if as_json:
         print(json.dumps(summary.to_dict(), ensure_ascii=False))
         return
     from rich.table import Table
 
     table = Table(title=f"prepared {summary.out_dir}", show_header=False)
+    if summary.encoding not in (None, "utf-8"):
+        table.add_row("encoding", summary.encoding)
+    if summary.bom_removed:
+        table.add_row("byte-order mark", "removed")
+    if summary.line_endings_converted:
+        n = summary.line_endings_converted
+        table.add_row("line endings", f"{n:,} converted to \\n")
     table.add_row("characters", f"{summary.chars:,}")
     table.add_row("vocabulary", f"{summary.vocab_size} ({summary.dtype} ids)")
     table.add_row("train / val", f"{summary.train_size:,} / {summary.val_size:,}")

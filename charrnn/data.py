@@ -7,18 +7,25 @@ A prepared data folder holds three files:
     vocab.json  the characters in id order with their counts (human-readable)
 
 The vocabulary is the sorted set of characters (Unicode code points, not bytes).
-The .npy files are read memory-mapped, so a corpus larger than RAM still trains.
-Writing the same text twice gives byte-identical files.
+A leading byte-order mark is removed (a UTF-16 or UTF-32 one also picks the
+encoding) and line endings become "\n" unless kept. The text is read, counted and
+encoded in chunks (two passes over the input), so `prepare` needs memory for one
+chunk, not for the text. The .npy files are read memory-mapped, so a corpus larger
+than RAM still trains. Writing the same text twice gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import codecs
+import encodings
 import hashlib
 import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -106,7 +113,7 @@ def smallest_uint(n: int) -> np.dtype:
     for dt in (np.uint8, np.uint16, np.uint32):
         if n - 1 <= np.iinfo(dt).max:
             return np.dtype(dt)
-    raise DataError(f"vocabulary of {n} characters is too large")
+    raise DataError(f"a vocabulary of {_plural(n, 'character')} is too large")
 
 
 def build_vocab(text: str) -> tuple[Vocab, np.ndarray]:
@@ -120,33 +127,238 @@ def build_vocab(text: str) -> tuple[Vocab, np.ndarray]:
 # --------------------------------------------------------------------------- reading text
 
 
-def decode_bytes(raw: bytes, encoding: str = "utf-8", errors: str = "strict", source: str = "input") -> str:
-    """Decode bytes; a decoding error names the byte offset of the first bad byte."""
+def _plural(n: int, noun: str) -> str:
+    """'1 character', '2 characters', '0 characters'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _codec(encoding: str) -> codecs.CodecInfo:
+    """The codec of an encoding name. Raises DataError whatever the lookup raises (a codec search
+    function installed by some package may raise anything, not only LookupError)."""
     try:
-        return raw.decode(encoding, errors)
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{source} is not valid {encoding}: byte 0x{raw[e.start]:02x} at offset {e.start} ({e.reason}); "
-            f"use --errors replace to substitute bad bytes, or --encoding to name the right encoding"
-        ) from None
+        info = codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}") from None
+    except Exception as e:  # noqa: BLE001, a third-party codec search function
+        raise DataError(f"unknown encoding {encoding!r} (looking it up raised {type(e).__name__}: {e})") from None
+    # a package's search function may answer for any name (future-typing's does, with a codec that rewrites
+    # Python source): take a codec the standard library does not know only when it calls itself by that name
+    if encodings.search_function(encoding) is None and _norm(info.name) != _norm(encoding):
+        raise DataError(f"unknown encoding {encoding!r} (only {info.name!r}, a codec some package installs for "
+                        f"any name, answers to it)")  # fmt: skip
+    if getattr(info, "_is_text_encoding", True) is False:  # base64, rot13...: what bytes.decode refuses too
+        raise DataError(f"{encoding!r} is not a text encoding")
+    return info
+
+
+def _norm(name: str) -> str:
+    return encodings.normalize_encoding(name.lower()).replace("-", "_")
+
+
+def _bad_bytes(source: str, encoding: str, byte: int, offset: int, reason: str) -> DataError:
+    return DataError(
+        f"{source} is not valid {encoding}: byte 0x{byte:02x} at offset {offset} ({reason}); "
+        f"use --errors replace to substitute bad bytes, or --encoding to name the right encoding"
+    )
+
+
+def decode_bytes(raw: bytes, encoding: str = "utf-8", errors: str = "strict", source: str = "input") -> str:
+    """Decode bytes as they are (no byte-order mark or line-ending handling).
+
+    Raises DataError: for an unknown encoding, for undecodable bytes (naming the byte
+    offset of the first bad byte), and for any other failure of the codec.
+    """
+    _codec(encoding)
+    try:
+        text = raw.decode(encoding, errors)
+    except UnicodeDecodeError as e:
+        raise _bad_bytes(source, encoding, raw[e.start], e.start, e.reason) from None
+    except Exception as e:  # noqa: BLE001, a broken third-party codec
+        raise DataError(f"cannot decode {source} as {encoding}: {type(e).__name__}: {e}") from None
+    if not isinstance(text, str):
+        raise DataError(f"{encoding!r} is not a text encoding")
+    return text
 
 
 def read_text(path: str, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Read a text file, or standard input when path is '-'."""
+    """Read a whole text file, or standard input when path is '-' (for small texts: `prepare` reads in chunks)."""
     if path == "-":
         return decode_bytes(sys.stdin.buffer.read(), encoding, errors, "standard input")
+    _check_file(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    return decode_bytes(raw, encoding, errors, path)
+
+
+def _check_file(path: str) -> None:
     p = Path(path)
     if not p.exists():
         raise DataError(f"no such file: {path}")
     if p.is_dir():
         raise DataError(f"{path} is a directory, not a text file")
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}") from None
-    return decode_bytes(raw, encoding, errors, path)
+
+
+CHUNK = 1 << 20  # bytes of a file (or characters of a str) read, decoded and encoded at a time: 1 MiB
+
+# byte-order marks and the encoding each one means; UTF-32-LE's (FF FE 00 00) starts with UTF-16-LE's (FF FE),
+# so the UTF-32 ones are tried first (a UTF-16-LE text whose first character is U+0000 reads as UTF-32-LE)
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"),
+)  # fmt: skip
+_BOM_CODECS = {"utf-8-sig": (codecs.BOM_UTF8,), "utf-16": (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE),
+               "utf-32": (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)}  # fmt: skip  # codecs that drop a BOM themselves
+
+Progress = Callable[[int, "int | None", str], None]  # progress(done, total, phase); total None when unknown
+
+
+class _Input:
+    """A text to prepare that can be read more than once, as pieces of str (before any normalisation).
+
+    From a str (units: characters) or a file (units: bytes; standard input is first
+    spooled to an unnamed temporary file). `encoding` is the encoding read, None for a
+    str; `bom_removed` whether a byte-order mark was dropped while decoding bytes.
+    """
+
+    def __init__(self, text: str | None = None, path: str | None = None, encoding: str = "utf-8",
+                 errors: str = "strict", progress: Progress | None = None):  # fmt: skip
+        self.text, self.path, self.errors, self.progress = text, path, errors, progress
+        self.file = None  # the spooled standard input
+        self.encoding, self.bom_removed = None, False
+        if text is not None:
+            self.source, self.total = "the text", len(text)
+            return
+        self.codec = _codec(encoding)
+        self.requested = self.encoding = self.codec.name
+        if path == "-":
+            self.source = "standard input"
+            self.file = self._spool()
+            self.total = self.file.seek(0, os.SEEK_END)
+        else:
+            self.source = path
+            _check_file(path)
+            try:
+                self.total = os.path.getsize(path)
+            except OSError as e:
+                raise DataError(f"cannot read {path}: {e.strerror}") from None
+
+    def _spool(self):
+        """Standard input cannot be read twice: copy it, in chunks, to a temporary file deleted on close."""
+        try:
+            f = tempfile.TemporaryFile()
+        except OSError as e:
+            raise DataError(f"cannot make a temporary file for standard input: {e.strerror or e}") from None
+        try:
+            done = 0
+            while chunk := sys.stdin.buffer.read(CHUNK):
+                f.write(chunk)
+                done += len(chunk)
+                if self.progress:
+                    self.progress(done, None, "reading standard input")
+        except OSError as e:
+            f.close()
+            raise DataError(f"cannot spool standard input to a temporary file: {e.strerror or e}") from None
+        return f
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+    def pieces(self, phase: str) -> Iterator[str]:
+        """One pass over the whole input, reporting progress(done, total, phase) after each chunk."""
+        if self.text is not None:
+            for start in range(0, len(self.text), CHUNK):
+                yield self.text[start : start + CHUNK]
+                if self.progress:
+                    self.progress(min(start + CHUNK, self.total), self.total, phase)
+            return
+        try:
+            if self.file is not None:
+                self.file.seek(0)
+                yield from self._decode(self.file, phase)
+            else:
+                with open(self.path, "rb") as f:
+                    yield from self._decode(f, phase)
+        except OSError as e:
+            raise DataError(f"cannot read {self.source}: {e.strerror or e}") from None
+
+    def _decode(self, f, phase: str) -> Iterator[str]:
+        chunk = f.read(max(CHUNK, 4))
+        skip, encoding, codec = 0, self.requested, self.codec
+        if self.requested == "utf-8":  # the default: a byte-order mark names the encoding
+            for bom, name in _BOMS:
+                if chunk.startswith(bom):
+                    skip, encoding, codec = len(bom), name, codecs.lookup(name)
+                    break
+        elif any(chunk.startswith(bom) for bom in _BOM_CODECS.get(self.requested, ())):
+            self.bom_removed = True  # the codec drops it
+        self.encoding, self.bom_removed = encoding, self.bom_removed or skip > 0
+        try:
+            decoder = codec.incrementaldecoder(self.errors)
+        except Exception as e:  # noqa: BLE001, a broken third-party codec
+            raise DataError(f"cannot decode {self.source} as {encoding}: {type(e).__name__}: {e}") from None
+        offset, chunk = skip, chunk[skip:]  # offset: bytes of the input before chunk
+        while chunk:
+            text = self._decode_chunk(decoder, chunk, offset, encoding, final=False)
+            offset += len(chunk)
+            yield text
+            if self.progress:
+                self.progress(offset, self.total, phase)
+            chunk = f.read(CHUNK)
+        yield self._decode_chunk(decoder, b"", offset, encoding, final=True)
+
+    def _decode_chunk(self, decoder, chunk: bytes, offset: int, encoding: str, final: bool) -> str:
+        """Decode one chunk; an error names the absolute byte offset (the decoder may hold back earlier bytes)."""
+        try:
+            state = decoder.getstate()
+            held = len(state[0]) if isinstance(state, tuple) and isinstance(state[0], (bytes, bytearray)) else 0
+        except Exception:  # noqa: BLE001, a codec without a usable state
+            held = 0
+        try:
+            text = decoder.decode(chunk, final)
+        except UnicodeDecodeError as e:
+            bad = e.object[e.start] if e.start < len(e.object) else 0
+            raise _bad_bytes(self.source, encoding, bad, offset - held + e.start, e.reason) from None
+        except Exception as e:  # noqa: BLE001, a broken third-party codec
+            raise DataError(f"cannot decode {self.source} as {encoding}: {type(e).__name__}: {e}") from None
+        if not isinstance(text, str):
+            raise DataError(f"{encoding!r} is not a text encoding")
+        return text
+
+
+@dataclass
+class _Normalised:
+    """What normalising the text changed."""
+
+    bom_removed: bool = False
+    line_endings_converted: int = 0
+
+
+def _normalise(pieces: Iterator[str], stats: _Normalised, strip_bom: Callable[[], bool], keep_line_endings: bool
+               ) -> Iterator[str]:  # fmt: skip
+    """Drop a leading U+FEFF (when strip_bom(), asked at the first character: decoding may have dropped one
+    already) and turn "\\r\\n" and a lone "\\r" into "\\n", as Python's text mode does, counting them; a
+    "\\r" at the end of a piece waits for the next one (which may start with "\\n")."""
+    first, held = True, ""
+    for piece in pieces:
+        if first and piece:
+            first = False
+            if piece[0] == "\ufeff" and strip_bom():
+                piece, stats.bom_removed = piece[1:], True
+        if not keep_line_endings:
+            piece, held = held + piece, ""
+            if piece.endswith("\r"):
+                piece, held = piece[:-1], "\r"
+            if n := piece.count("\r"):
+                stats.line_endings_converted += n
+                piece = piece.replace("\r\n", "\n").replace("\r", "\n")
+        if piece:
+            yield piece
+    if held:
+        stats.line_endings_converted += 1
+        yield "\n"
 
 
 # --------------------------------------------------------------------------- built-in corpus
@@ -229,7 +441,12 @@ def corpus_text(name: str) -> str:
 
 @dataclass(frozen=True)
 class Prepared:
-    """What `prepare` wrote."""
+    """What `prepare` wrote, and what it changed in the text on the way.
+
+    encoding: the encoding read (None for a str); bom_removed: whether a leading
+    byte-order mark was dropped; line_endings_converted: how many "\\r\\n" or "\\r"
+    became "\\n"; warnings: sentences about a text that trains badly (the CLI prints them).
+    """
 
     out_dir: str
     chars: int
@@ -238,32 +455,127 @@ class Prepared:
     val_size: int
     dtype: str
     top: list[tuple[str, int]]
+    encoding: str | None = None
+    bom_removed: bool = False
+    line_endings_converted: int = 0
+    warnings: tuple[str, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict:
         return {
             "out_dir": self.out_dir, "chars": self.chars, "vocab_size": self.vocab_size,
             "train_size": self.train_size, "val_size": self.val_size, "dtype": self.dtype,
             "top": [{"char": c, "count": n} for c, n in self.top],
+            "encoding": self.encoding, "bom_removed": self.bom_removed,
+            "line_endings_converted": self.line_endings_converted, "warnings": list(self.warnings),
         }  # fmt: skip
 
 
-def prepare(text: str, out_dir: str | os.PathLike, val_frac: float = 0.1) -> Prepared:
-    """Encode text, split it contiguously (first 1 - val_frac for training) and write out_dir."""
+def prepare(
+    text: str, out_dir: str | os.PathLike, val_frac: float = 0.1, *,
+    keep_line_endings: bool = False, progress: Progress | None = None,
+) -> Prepared:  # fmt: skip
+    """Encode text, split it contiguously (first 1 - val_frac for training) and write out_dir.
+
+    A leading U+FEFF is dropped and "\\r\\n" and "\\r" become "\\n" (unless keep_line_endings).
+    progress(done, total, phase), if given, is called after each chunk (units: characters).
+    Raises DataError for a bad val_frac, a text too short to split, or a failed write.
+    """
+    return _prepare(_Input(text=text, progress=progress), out_dir, val_frac, keep_line_endings)
+
+
+def prepare_file(
+    path: str, out_dir: str | os.PathLike, val_frac: float = 0.1, *, encoding: str = "utf-8",
+    errors: str = "strict", keep_line_endings: bool = False, progress: Progress | None = None,
+) -> Prepared:  # fmt: skip
+    """`prepare` a text file, or standard input when path is '-', read in chunks (two passes).
+
+    With the default encoding (utf-8), a UTF-8, UTF-16 or UTF-32 byte-order mark is
+    dropped and names the encoding read; with another encoding a leading U+FEFF is
+    dropped. errors: "strict" or "replace" (bad bytes become U+FFFD). progress(done,
+    total, phase) counts bytes; total is None while standard input is spooled to a
+    temporary file. Raises DataError for a missing or unreadable file, an unknown
+    encoding, undecodable bytes (naming the byte offset of the first bad one), and
+    everything `prepare` raises.
+    """
     if not 0 < val_frac < 1:
         raise DataError(f"val_frac must lie in (0, 1), got {val_frac}")
-    if len(text) < 4:
-        raise DataError(f"the text has {len(text)} characters; at least a few are needed to train and validate")
-    vocab, ids = build_vocab(text)
-    n_train = int(len(ids) * (1 - val_frac))  # as nanoGPT's shakespeare_char: 1,003,854 / 111,540
-    n_val = len(ids) - n_train
+    source = _Input(path=path, encoding=encoding, errors=errors, progress=progress)
+    try:
+        return _prepare(source, out_dir, val_frac, keep_line_endings)
+    finally:
+        source.close()
+
+
+def _count_chars(pieces: Iterator[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The sorted distinct code points of the pieces (V,) and how often each occurs (V,) int64."""
+    codes, counts = np.zeros(0, np.uint32), np.zeros(0, np.int64)
+    for piece in pieces:
+        cp = _code_points(piece)  # (n,) uint32
+        if cp.max() < 1 << 16:  # the usual case: a histogram is much faster than a sort
+            hist = np.bincount(cp)
+            u = np.flatnonzero(hist).astype(np.uint32)
+            c = hist[u]
+        else:
+            u, c = np.unique(cp, return_counts=True)
+        if codes.size == u.size and np.array_equal(codes, u):
+            counts = counts + c
+            continue
+        merged, inverse = np.unique(np.concatenate([codes, u]), return_inverse=True)
+        total = np.zeros(merged.size, np.int64)
+        np.add.at(total, inverse, np.concatenate([counts, c]))
+        codes, counts = merged, total
+    return codes, counts
+
+
+def _npy_header(f, n: int, dtype: np.dtype) -> None:
+    """The header np.save writes for a (n,) array of dtype, so the streamed file is byte-identical to it."""
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (n,)}
+    np.lib.format.write_array_header_1_0(f, header)
+
+
+def _prepare(source: _Input, out_dir: str | os.PathLike, val_frac: float, keep_line_endings: bool) -> Prepared:
+    """Pass 1 counts the characters, pass 2 encodes each chunk and streams it into train.npy and val.npy."""
+    if not 0 < val_frac < 1:
+        raise DataError(f"val_frac must lie in (0, 1), got {val_frac}")
+
+    def normalised(phase: str, stats: _Normalised) -> Iterator[str]:
+        return _normalise(source.pieces(phase), stats, lambda: not source.bom_removed, keep_line_endings)
+
+    stats = _Normalised()
+    codes, counts = _count_chars(normalised("counting characters", stats))
+    n = int(counts.sum())
+    if n < 4:
+        raise DataError(f"the text has {_plural(n, 'character')}; at least a few are needed to train and validate")
+    vocab = Vocab(tuple(chr(c) for c in codes.tolist()), tuple(counts.tolist()))
+    n_train = int(n * (1 - val_frac))  # as nanoGPT's shakespeare_char: 1,003,854 / 111,540
+    n_val = n - n_train
     if n_train < 2 or n_val < 2:
-        raise DataError(f"the text ({len(ids)} characters) is too short to split with val_frac {val_frac}")
+        raise DataError(f"the text ({_plural(n, 'character')}) is too short to split with val_frac {val_frac}")
     dtype = smallest_uint(vocab.size)
+
+    def write_splits(f_train, f_val) -> None:
+        _npy_header(f_train, n_train, dtype)
+        _npy_header(f_val, n_val, dtype)
+        done = 0
+        for piece in normalised("encoding", _Normalised()):
+            cp = _code_points(piece)  # (n,) uint32
+            ids = np.minimum(np.searchsorted(codes, cp), codes.size - 1)  # (n,) int64
+            if done + ids.size > n or np.any(codes[ids] != cp):
+                raise DataError(f"{source.source} changed while it was being prepared; run prepare again")
+            ids = ids.astype(dtype)
+            k = min(max(n_train - done, 0), ids.size)  # how many of these ids still belong to train
+            if k:
+                f_train.write(ids[:k].tobytes())
+            if k < ids.size:
+                f_val.write(ids[k:].tobytes())
+            done += ids.size
+        if done != n:
+            raise DataError(f"{source.source} changed while it was being prepared; run prepare again")
+
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / TRAIN_FILE, lambda f: np.save(f, ids[:n_train].astype(dtype), allow_pickle=False))
-        atomic_write(out / VAL_FILE, lambda f: np.save(f, ids[n_train:].astype(dtype), allow_pickle=False))
+        atomic_write(out / TRAIN_FILE, lambda ft: atomic_write(out / VAL_FILE, lambda fv: write_splits(ft, fv)))
         meta = {"format": DATA_FORMAT, "size": vocab.size, **vocab.to_json(), "train_size": n_train, "val_size": n_val}
         blob = json.dumps(meta, ensure_ascii=False, indent=1).encode("utf-8") + b"\n"
         atomic_write(out / VOCAB_FILE, lambda f: f.write(blob))
@@ -271,7 +583,12 @@ def prepare(text: str, out_dir: str | os.PathLike, val_frac: float = 0.1) -> Pre
         raise DataError(f"cannot write to {out}: {e.strerror or e}") from None
     order = sorted(range(vocab.size), key=lambda i: (-vocab.counts[i], i))[:10]
     top = [(vocab.chars[i], vocab.counts[i]) for i in order]
-    return Prepared(str(out), len(ids), vocab.size, n_train, n_val, dtype.name, top)
+    warnings = []
+    if vocab.size == 1:
+        warnings.append(f"the text is one character ({vocab.chars[0]!r}) repeated: a one-character vocabulary "
+                        f"has nothing to learn (every loss is 0)")  # fmt: skip
+    return Prepared(str(out), n, vocab.size, n_train, n_val, dtype.name, top, source.encoding,
+                    source.bom_removed or stats.bom_removed, stats.line_endings_converted, tuple(warnings))  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Bad input, faults and untrusted files: clear errors, nothing lost, nothing executed."""
 
+import codecs
 import io
 import json
 import os
@@ -65,6 +66,77 @@ def test_prepare_bad_inputs(tmp_path):
     blocker.write_text("x")
     assert "cannot write" in one_line_error(runner.invoke(app, ["prepare", str(good), "--out", str(blocker / "sub")]))
     one_line_error(runner.invoke(app, ["prepare", str(good), "--val-frac", "0"]), code=2)
+
+
+class _Broken(codecs.IncrementalDecoder):
+    def decode(self, data, final=False):
+        raise IndentationError("unexpected indent (<unknown>, line 1)")  # what future-typing's codec raised
+
+
+def _lookup(name, real=codecs.lookup):
+    """codecs.lookup with three test codecs; patched in rather than registered, because a catch-all search
+    function that some package registers (future-typing's) would answer before one registered here."""
+    name = name.lower().replace("-", "_")
+    if name == "charrnn_test_broken":
+        return codecs.CodecInfo(None, None, incrementaldecoder=_Broken, name="charrnn-test-broken")
+    if name == "charrnn_test_raising":
+        raise IndentationError("a search function that fails")
+    if name.startswith("charrnn_test"):  # a catch-all search function, as future-typing's is
+        return codecs.CodecInfo(None, None, incrementaldecoder=codecs.getincrementaldecoder("utf-8"), name="catchall")
+    return real(name)
+
+
+def test_prepare_codec_failures_are_one_line_errors(tmp_path, monkeypatch):
+    good = tmp_path / "good.txt"
+    good.write_text("some text to prepare " * 10)
+    monkeypatch.setattr(codecs, "lookup", _lookup)
+    for encoding, message in (
+        ("charrnn-test-broken", "cannot decode " + str(good) + " as charrnn-test-broken: IndentationError"),
+        ("charrnn-test-raising", "unknown encoding 'charrnn-test-raising' (looking it up raised IndentationError"),
+        ("charrnn-test-misspelt", "unknown encoding 'charrnn-test-misspelt' (only 'catchall'"),
+        ("no-such-encoding", "unknown encoding 'no-such-encoding'"),
+        ("base64", "'base64' is not a text encoding"),
+    ):
+        r = runner.invoke(app, ["prepare", str(good), "--out", str(tmp_path / "d"), "--encoding", encoding])
+        assert message in one_line_error(r)
+    assert not (tmp_path / "d").exists()
+
+
+def test_prepare_cli_reports_what_it_changed_and_warns_on_one_character(tmp_path):
+    raw = b"\xef\xbb\xbf" + b"to be or not\r\nto be\r\n" * 5
+    r = runner.invoke(app, ["prepare", "-", "--out", str(tmp_path / "d"), "--json"], input=raw)  # spooled stdin
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert (out["encoding"], out["bom_removed"], out["line_endings_converted"], out["chars"]) == ("utf-8", True, 10, 95)
+    r = runner.invoke(app, ["prepare", "-", "--out", str(tmp_path / "e")], input=raw.decode("utf-8").encode("utf-16"))
+    assert r.exit_code == 0 and "utf-16-le" in r.stderr and "removed" in r.stderr and "10 converted" in r.stderr
+    r = runner.invoke(app, ["prepare", "-", "--out", str(tmp_path / "f"), "--keep-line-endings", "--json"], input=raw)
+    assert json.loads(r.stdout)["chars"] == 105 and "line endings" not in r.stderr
+    r = runner.invoke(app, ["prepare", "-", "--out", str(tmp_path / "g"), "--json"], input=b"z" * 50)
+    assert r.exit_code == 0 and (tmp_path / "g" / "train.npy").exists()
+    assert r.stderr.startswith("warning: ") and r.stderr.count("\n") == 1 and "nothing to learn" in r.stderr
+    r = runner.invoke(app, ["prepare", "-", "--out", str(tmp_path / "h")], input=b"to be or not to be " * 5)
+    assert r.stderr.startswith("prepared ") and "encoding" not in r.stderr and "removed" not in r.stderr
+
+
+def test_prepare_progress_bar_starts_only_after_a_second(monkeypatch):
+    from rich.console import Console
+
+    import charrnn.cli as cli
+
+    monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True))
+    now = [100.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    with cli._PrepareProgress() as progress:
+        progress(10, 100, "counting characters")
+        now[0] += 0.5
+        progress(20, 100, "counting characters")
+        assert progress._bar is None and cli.err.file.getvalue() == ""  # a quick input prints nothing
+        now[0] += 1.0
+        progress(30, 100, "counting characters")
+        progress(5, 100, "encoding")
+        assert progress._bar is not None and [t.description for t in progress._bar.tasks] == ["encoding"]
+    assert not progress._bar.live.is_started
 
 
 # ----------------------------------------------------------------------------- train
