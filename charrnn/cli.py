@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
 from enum import Enum
 from typing import Annotated, Optional
@@ -148,8 +149,12 @@ def _positive(value: Optional[float]) -> Optional[float]:
 
 
 def _temperature(value: float) -> float:
-    if not value > 0:
-        raise typer.BadParameter(f"must be > 0, got {value}; for the most likely character every time use --argmax")
+    import math
+
+    if not (value > 0 and math.isfinite(value)):  # 0, negatives, inf and nan alike: one usage error
+        raise typer.BadParameter(
+            f"must be a finite number > 0, got {value}; for the most likely character every time use --argmax"
+        )
     return value
 
 
@@ -555,7 +560,7 @@ def sample(
     ckpt: CkptOpt,
     n: Annotated[int, typer.Option("-n", "--chars", min=0, help="Characters to generate per sample.")] = 1000,
     temperature: Annotated[
-        float, typer.Option("--temperature", "-t", callback=_temperature, help="Softmax temperature (> 0).")
+        float, typer.Option("--temperature", "-t", callback=_temperature, help="Softmax temperature (a finite number > 0).")
     ] = 1.0,
     top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Keep only the K most likely characters.")] = None,
     top_p: Annotated[
@@ -569,11 +574,11 @@ def sample(
     ] = Unknown.error,
     argmax: Annotated[bool, typer.Option("--argmax", help="Always take the most likely character (greedy).")] = False,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seed; the same seed gives the same text.")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, in one batch.")] = 1,
+    num_samples: Annotated[int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, printed one after another.")] = 1,
     separator: Annotated[str, typer.Option("--separator", help="Line printed between samples.")] = "---",
     stream: Annotated[
         Optional[bool],
-        typer.Option("--stream/--no-stream", help="Print as generated.", show_default="when stdout is a terminal"),
+        typer.Option("--stream/--no-stream", help="Print as generated (--no-stream: when done).", show_default="stream"),
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -586,7 +591,7 @@ def sample(
             "--argmax always takes the most likely character: drop --temperature, --top-k and --top-p"
         )
     _threads(threads)
-    from .sampling import Decoding, sample_from_checkpoint
+    from .sampling import Decoding, open_run
 
     with _user_errors():
         from .data import decode_bytes, read_text
@@ -595,41 +600,66 @@ def sample(
             prime = decode_bytes(sys.stdin.buffer.read(), source="standard input")
         elif prime_file is not None:
             prime = read_text(prime_file)
-        streaming = (sys.stdout.isatty() if stream is None else stream) and num_samples == 1 and not as_json
+        # streamed to terminals, pipes and files alike; --no-stream and --json print when done (and keep the text)
+        streaming = (True if stream is None else stream) and not as_json
+        run = open_run(
+            ckpt, n, prime=prime or "", decoding=Decoding(temperature, top_k, top_p, argmax),
+            seed=seed, num_samples=num_samples, unknown=unknown.value, prime_echo=prime_echo,
+            keep_text=not streaming,
+        )  # fmt: skip
+        # every check has passed: the notes go to stderr before the first character
+        if seed is None and not argmax:
+            s = run.info["seed"]
+            print(f"seed {s} (repeat with --seed {s})", file=sys.stderr, flush=True)
+        if run.dropped_count:
+            print(run.dropped_message(), file=sys.stderr, flush=True)
         writer = _StdoutWriter()
         try:
-            result = sample_from_checkpoint(
-                ckpt, n, prime=prime or "", decoding=Decoding(temperature, top_k, top_p, argmax),
-                seed=seed, num_samples=num_samples, unknown=unknown.value, prime_echo=prime_echo,
-                on_text=writer.write if streaming else None,
-            )
             if as_json:
-                writer.write(json.dumps(result, ensure_ascii=False) + "\n")
+                writer.write(json.dumps(run.result(), ensure_ascii=False) + "\n")
             elif streaming:
+                current = 0
+                for k, piece in run.pieces():
+                    if k != current:  # the next sample begins
+                        current = k
+                        writer.write(f"\n{separator}\n", flush=False)
+                    writer.write(piece, flush=False)
+                    writer.flush_now_and_then()
                 writer.write("\n")
             else:
-                writer.write(f"\n{separator}\n".join(result["samples"]) + "\n")
+                writer.write(f"\n{separator}\n".join(run.result()["samples"]) + "\n")
             writer.flush()
         except BrokenPipeError:
             writer.closed_pipe()
 
 
 class _StdoutWriter:
-    """UTF-8 text to stdout, flushed per write; a reader that closes the pipe ends us quietly."""
+    """UTF-8 text to stdout; a reader that closes the pipe ends us quietly.
+
+    `write` flushes unless told not to; `flush_now_and_then` flushes at most every
+    20 ms, so streamed text reaches a terminal or a pipe (`| head`) as it is made
+    without a system call per piece.
+    """
 
     def __init__(self):
         self.buffer = getattr(sys.stdout, "buffer", None)
+        self.last_flush = time.monotonic()
 
-    def write(self, text: str) -> None:
+    def write(self, text: str, flush: bool = True) -> None:
         if self.buffer is not None:
             self.buffer.write(text.encode("utf-8"))
-            self.buffer.flush()
         else:
             sys.stdout.write(text)
-            sys.stdout.flush()
+        if flush:
+            self.flush()
 
     def flush(self) -> None:
         (self.buffer or sys.stdout).flush()
+        self.last_flush = time.monotonic()
+
+    def flush_now_and_then(self) -> None:
+        if time.monotonic() - self.last_flush > 0.02:
+            self.flush()
 
     @staticmethod
     def closed_pipe() -> None:

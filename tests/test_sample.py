@@ -85,7 +85,7 @@ def test_batched_samples_equal_single_samples_with_the_same_generators(monkeypat
     # sample k draws from SeedSequence(seed, spawn_key=(k,)): replay each alone with that generator
     for k in range(3):
         rng = sample_rngs(5, 3)[k]
-        monkeypatch.setattr(sample_module, "sample_rngs", lambda seed, n, r=rng: [r])
+        monkeypatch.setattr(sample_module, "sample_rngs", lambda seed, n, start=0, r=rng: [r])
         assert generate(m, v, n, prime="ab", seed=5, decoding=Decoding(0.9, top_p=top_p))[0] == batch[k]
 
 
@@ -227,3 +227,203 @@ def test_gated_checkpoints_sample_with_every_option(gated_run):
     r = runner.invoke(app, ["sample", "--ckpt", str(gated_run), "-n", "30", "--seed", "2", "-k", "2", "--json"])
     assert r.exit_code == 0 and r.stderr == ""
     assert len(json.loads(r.stdout)["samples"]) == 2
+
+
+# ----------------------------------------------------------------------------- issue 18: extreme temperatures
+
+
+class FixedLogits:
+    """A stand-in model whose logits are always the same (V,) row."""
+
+    dtype = np.float32
+
+    def __init__(self, logits):
+        self.logits = np.asarray(logits, dtype=np.float32)[None, :]
+        self.vocab_size = self.logits.shape[1]
+
+    def initial_state(self, k):
+        return np.zeros((1, k, 1), np.float32)
+
+    def forward(self, x, h):
+        return None, np.zeros((1, x.shape[0], 1), np.float32)
+
+    def stepper(self, h):
+        return self
+
+    def feed(self, ids):
+        return np.repeat(self.logits, len(ids), axis=0)
+
+    def feed_one(self, c):
+        return self.logits[0]
+
+
+def draws(logits, decoding, n, k=1):
+    """The frequencies (V,) of each id over n draws per sample, every sample pooled, with warnings as errors."""
+    import warnings
+
+    V = len(logits)
+    vocab = Vocab(tuple("abcdefgh"[:V]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an overflow warning fails the test
+        texts = generate(FixedLogits(logits), vocab, n, prime="a", decoding=decoding, seed=0, num_samples=k)
+    text = "".join(texts)
+    return np.array([text.count(c) for c in vocab.chars]) / len(text)
+
+
+LOGITS = [4.0, -3.0, 0.5, 2.0, -1.0, 3.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("T", [1e300, 1e308])
+@pytest.mark.parametrize("k, top_p", [(1, None), (2, None), (1, 0.999)])  # 1-D loop, batched loop, filtered
+def test_a_huge_temperature_samples_the_uniform_distribution(T, k, top_p):
+    # 8000 draws of 1/8: a frequency's standard deviation is 0.0037, the bound 0.025 is 6.7 of them. The old
+    # draw overflowed T G to +-inf (ties at inf went to the lowest ids: id 0 got ~30%) and warned
+    freq = draws(LOGITS, Decoding(T, top_p=top_p), 8000 // k, k)
+    assert np.abs(freq - 1 / 8).max() < 0.025, freq
+
+
+@pytest.mark.parametrize("T", [1e-300, 1e-308])
+@pytest.mark.parametrize("k, top_k", [(1, None), (2, None), (1, 3)])
+def test_a_tiny_temperature_samples_the_argmax_and_shares_ties(T, k, top_k):
+    freq = draws(LOGITS, Decoding(T, top_k=top_k), 200, k)
+    np.testing.assert_array_equal(freq, np.eye(8)[0])
+    # two characters tie at the max: each half the time (the old draw lost the noise and always took the first;
+    # the filtered one divided 3 by 1e-308 into inf, then inf - inf). 4000 draws: standard deviation 0.008,
+    # the bound is 6 of them
+    freq = draws([1.0, 3.0, 3.0, 0.0], Decoding(T, top_k=top_k), 4000 // k, k)
+    assert freq[0] == freq[3] == 0 and abs(freq[1] - 0.5) < 0.048, freq
+
+
+def test_moderate_temperatures_keep_the_fast_draw():
+    # inside [2^-10, 2^10] the draw is argmax(z + T G), as before: the pinned 0.1.0 samples (test_compat) rely on it
+    import charrnn.sampling as sampling
+
+    assert all(sampling._fast(T) for T in (2**-10, 0.05, 0.8, 1.0, 2.0, 1000.0))
+    assert not any(sampling._fast(T) for T in (1e-300, 1e-4, 2000.0, 1e300))
+
+
+def test_infinite_and_nan_temperatures_are_refused_like_zero(run_dir):
+    import re
+
+    for T in (float("inf"), float("nan"), 0.0, -1.0):
+        with pytest.raises(SampleError, match="must be a finite number > 0"):
+            Decoding(T)
+    lines = set()
+    for t in ("inf", "nan", "0", "-1"):
+        r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "-t", t])
+        assert r.exit_code == 2 and r.stdout == "" and r.stderr.count("\n") == 1, (t, r.stderr)
+        assert "must be a finite number > 0" in r.stderr and "--argmax" in r.stderr
+        lines.add(re.sub(r"got \S+;", "got X;", r.stderr))
+    assert len(lines) == 1, lines  # the same wording whatever the bad value
+
+
+# ----------------------------------------------------------------------------- issue 18: streaming, memory
+
+
+def test_iter_samples_yields_text_as_it_is_made_and_keeps_none_of_it():
+    from charrnn.sampling import iter_samples
+
+    m, v = small_model()
+    # 10^12 characters: nothing of that size may be allocated before the first piece comes out
+    for k in (1, 3):
+        pieces = iter_samples(m, v, 10**12, prime="ab", seed=1, num_samples=k)
+        first = [next(pieces) for _ in range(3)]
+        assert all(kk == 0 for kk, _ in first) and 0 < sum(len(p) for _, p in first) <= 3 * 256
+    joined = {}
+    for k, piece in iter_samples(m, v, 700, prime="ab", seed=1, num_samples=3):
+        joined[k] = joined.get(k, "") + piece
+    assert list(joined.values()) == generate(m, v, 700, prime="ab", seed=1, num_samples=3)
+
+
+def test_samples_run_in_groups_and_a_group_is_a_batch(monkeypatch):
+    import charrnn.sampling as sampling
+
+    m, v = small_model()
+    assert sampling.group_size(5, 100) == 5 and sampling.group_size(10**6, 10) == 1024
+    assert sampling.group_size(5, 2**20) == 1 and sampling.group_size(3, 10**12) == 1
+    whole = generate(m, v, 300, prime="ab", seed=2, num_samples=5, decoding=Decoding(0.9))
+    monkeypatch.setattr(sampling, "_MAX_GROUP", 2)  # groups of 2, 2 and 1: the same samples
+    assert generate(m, v, 300, prime="ab", seed=2, num_samples=5, decoding=Decoding(0.9)) == whole
+    monkeypatch.setattr(sampling, "_NOISE_BYTES", 1)  # one step of noise per block: the same draws
+    assert generate(m, v, 300, prime="ab", seed=2, num_samples=5, decoding=Decoding(0.9)) == whole
+
+
+def test_memory_needed_is_flat_in_n_unless_the_text_is_kept():
+    from charrnn.sampling import memory_needed
+
+    m, v = small_model()
+    assert memory_needed(m, v, 10**6) == memory_needed(m, v, 10**12) < 2**20
+    assert memory_needed(m, v, 10**6, 3) == memory_needed(m, v, 10**12, 3)
+    assert memory_needed(m, v, 10**12, keep_text=True) > 10**12
+    # many short samples: the noise blocks and groups are bounded (the old sampler held (10, K, V) float64 at once)
+    assert memory_needed(m, v, 10, 100_000) < 64 * 2**20
+
+
+def test_a_request_that_cannot_fit_is_refused_before_it_starts(run_dir, monkeypatch):
+    import charrnn.sampling as sampling
+
+    monkeypatch.setattr(sampling, "available_memory", lambda: 2**20)
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "1000", "-k", "3000", "--seed", "1"])
+    assert r.exit_code == 1 and r.stdout == "" and r.stderr.count("\n") == 1, r.stderr
+    assert "needs about" in r.stderr and "1.0 MiB available; lower --num-samples or --chars" in r.stderr
+    monkeypatch.setattr(sampling, "available_memory", lambda: None)  # unknown: never refused
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "10", "-k", "3", "--seed", "1"])
+    assert r.exit_code == 0 and r.stderr == ""
+    monkeypatch.undo()
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", str(10**13), "--seed", "1", "--json"])
+    assert r.exit_code == 1 and "needs about" in r.stderr and r.stdout == ""  # the whole text cannot be kept
+
+
+def test_sampling_into_a_pipe_streams_and_ends_with_the_reader(run_dir):
+    import subprocess
+    import sys
+
+    # no --stream: a pipe is streamed too, so `head` gets its 100 bytes at once and ends the run (the old
+    # sampler generated all 10^9 characters first); several samples stream one after another
+    for k in ("1", "3"):
+        cmd = f"{sys.executable} -m charrnn sample --ckpt {run_dir} -n 1000000000 -k {k} --seed 1 | head -c 100"
+        r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=60)
+        assert len(r.stdout) == 100 and r.returncode == 0 and r.stderr == "", (k, r.stderr)
+
+
+def test_streamed_samples_equal_the_printed_when_done_ones(run_dir):
+    args = ["sample", "--ckpt", str(run_dir), "-n", "300", "-k", "3", "--seed", "4", "--prime", "the "]
+    streamed = runner.invoke(app, args + ["--stream"])
+    at_end = runner.invoke(app, args + ["--no-stream"])
+    assert streamed.exit_code == 0 and streamed.stdout == at_end.stdout
+    d = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    assert streamed.stdout == "\n---\n".join(d["samples"]) + "\n"
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "0", "-k", "2", "--no-prime-echo", "--seed", "1"])
+    assert r.stdout == "\n---\n\n"  # empty samples still show their separator
+
+
+# ----------------------------------------------------------------------------- issue 18: prime and seed
+
+
+def test_dropped_prime_characters_are_named_and_an_empty_prime_is_refused(run_dir):
+    from charrnn.sampling import sample_from_checkpoint
+
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--prime", "THE fox", "--unknown", "skip",
+                            "--seed", "1"])  # fmt: skip
+    assert r.exit_code == 0 and r.stdout.startswith(" fox")
+    assert r.stderr == "dropped 3 prime characters not in the model's vocabulary: 'EHT'\n"
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--prime", "Tfox", "--unknown", "skip",
+                            "--seed", "1"])  # fmt: skip
+    assert r.stderr == "dropped 1 prime character not in the model's vocabulary: 'T'\n"
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--prime", "THE", "--unknown", "skip"])
+    assert r.exit_code == 1 and r.stdout == "" and r.stderr.count("\n") == 1
+    assert "every character of the prime is outside the model's vocabulary ('EHT')" in r.stderr
+    result = sample_from_checkpoint(run_dir, 5, prime="THE fox", unknown="skip", seed=1)
+    assert result["dropped"] == "EHT" and result["prime"] == " fox"
+
+
+def test_a_drawn_seed_is_reported_on_stderr_and_repeats_the_sample(run_dir):
+    import re
+
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "50"])
+    m = re.fullmatch(r"seed (\d+) \(repeat with --seed \1\)\n", r.stderr)
+    assert r.exit_code == 0 and m, r.stderr
+    again = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "50", "--seed", m.group(1)])
+    assert again.stdout == r.stdout and again.stderr == ""
+    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--argmax"])  # nothing random
+    assert r.exit_code == 0 and r.stderr == ""
