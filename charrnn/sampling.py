@@ -32,7 +32,7 @@ import numpy as np
 
 from . import checkpoint
 from .data import Vocab
-from .errors import CharRNNError
+from .errors import CharRNNError, plural
 from .model import CharRNN
 
 
@@ -60,10 +60,6 @@ def _fast(temperature: float) -> bool:
     step, hence only outside the range, which also keeps ordinary samples what they were.
     """
     return _FAST_T[0] <= temperature <= _FAST_T[1]
-
-
-def _plural(count: int, word: str) -> str:
-    return f"{count:,} {word}{'' if count == 1 else 's'}"
 
 
 def fresh_seed() -> int:
@@ -406,7 +402,7 @@ class SampleRun:
         """One line naming the dropped prime characters, or None when none were dropped."""
         if not self.dropped_count:
             return None
-        return (f"dropped {_plural(self.dropped_count, 'prime character')} not in the model's vocabulary: "
+        return (f"dropped {plural(self.dropped_count, 'prime character')} not in the model's vocabulary: "
                 f"{self.dropped!r}")  # fmt: skip
 
     def pieces(self) -> Iterator[tuple[int, str]]:
