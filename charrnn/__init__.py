@@ -4,7 +4,7 @@ The public names are imported on first use (PEP 562), so that `charrnn --help`
 starts without loading numpy.
 """
 
-__version__ = "0.2.0.dev0"  # 0.2.0: the cells (lstm, gru), dropout, checkpoint format 2
+__version__ = "0.3.0.dev0"  # 0.3.0: the fixes of issue 18, docs/, charrnn tune, the GPU backend (CHANGELOG.md)
 
 __all__ = ["CharRNN", "one_hot", "sample", "__version__"]
 
