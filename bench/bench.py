@@ -45,7 +45,7 @@ from charrnn.optim import init_state  # noqa: E402
 from charrnn.sampling import generate  # noqa: E402
 from charrnn.train import train_step, train_window, windows_per_epoch  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+DEFAULT_DATA = Path("tinyshakespeare.txt")  # as README's curl line downloads it into the working folder
 ROWS = [  # cell, hidden, layers, batch, seq
     ("rnn", 128, 1, 32, 64),
     ("rnn", 256, 1, 64, 100),

@@ -77,7 +77,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     seed: int = 0
     threads: int = 0  # BLAS threads for the matrix products; 0 = the library's default (every core)
-    init_from: str | None = None  # fine-tune: start from this checkpoint file or run folder (see README)
+    init_from: str | None = None  # fine-tune: start from this checkpoint file or run folder (docs/commands.md)
     time_limit: float | None = None  # wall-clock budget in seconds ("90s", "10m", "1.5h" also read)
     sample_chars: int = 200  # characters sampled after each evaluation; 0 = none
     sample_temperature: float = 0.8

@@ -114,7 +114,7 @@ class Cell(BaseCell):
     def divergence_hint(self) -> str:
         if self.activation != "relu":
             return ""
-        return "relu units are unbounded: README's 'relu' paragraph (under Initialisation) says what trains"
+        return "relu units are unbounded: docs/model.md, Initialisation, says what trains"
 
     def init_params(self, D: int, H: int, rng: np.random.Generator, embedding: bool) -> dict[str, np.ndarray]:
         """Wxh as `input_weights`; Whh orthogonal (all singular values 1: gradients neither explode nor
@@ -125,7 +125,7 @@ class Cell(BaseCell):
         inputs of thousands of steps: with the default config the training loss reached 1e5 to 1e8
         in the first hundred steps. A contraction (every singular value 0.5) keeps a carried state
         within twice the size of one step's input, and on tiny-shakespeare it trains as well as tanh
-        (README, "relu"). Drawn in the order of 0.1.0 (Wxh, then Whh for both activations now)."""
+        (docs/model.md, "relu"). Drawn in the order of 0.1.0 (Wxh, then Whh for both activations now)."""
         Wxh = input_weights(D, H, H, rng, embedding)
         Whh = orthogonal(H, rng)
         if self.activation == "relu":
