@@ -9,7 +9,9 @@ Library modules are imported inside the commands so that `charrnn --help` starts
 from __future__ import annotations
 
 import json
+import math
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -149,8 +151,6 @@ def _positive(value: Optional[float]) -> Optional[float]:
 
 
 def _temperature(value: float) -> float:
-    import math
-
     if not (value > 0 and math.isfinite(value)):  # 0, negatives, inf and nan alike: one usage error
         raise typer.BadParameter(
             f"must be a finite number > 0, got {value}; for the most likely character every time use --argmax"
@@ -194,6 +194,14 @@ def main(
     """Train character-level recurrent language models on any text, and sample from them."""
     if debug:
         os.environ["CHARRNN_DEBUG"] = "1"
+    # SIGTERM (sent by `timeout`, schedulers, Docker, systemd) ends every command as an exception, exit 143, so
+    # that cleanups run: a half-written file of `prepare` or a checkpoint is removed, not left behind. `train`
+    # handles it itself: it saves and prints how to resume.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+
+
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 class ErrorsMode(str, Enum):
@@ -353,7 +361,6 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per evaluation on stdout.")] = False,
 ) -> None:
     """Train a model as a YAML config says, with a live display and checkpoints."""
-    import signal
 
     from .config import load_config
 
@@ -369,7 +376,8 @@ def train(
     from .train import train as run_train
 
     # Ctrl-C (SIGINT) and SIGTERM (what SLURM, `timeout`, Docker and systemd send before killing) both ask
-    # the loop to stop after its step: it saves last.npz, and we exit 128 + the signal's number (130, 143)
+    # the loop to stop after its step: it saves last.npz, and we exit 128 + the signal's number (130, 143).
+    # A reader of --json that goes away (`| head -1`) stops it the same way, as SIGPIPE would (141).
     stop_signals = (signal.SIGINT, signal.SIGTERM)
     received: list[int] = []
 
@@ -378,7 +386,7 @@ def train(
         if len(received) > 1:
             err.print("still saving the checkpoint, please wait", highlight=False)
 
-    display = _TrainDisplay(quiet=quiet, as_json=as_json)
+    display = _TrainDisplay(quiet=quiet, as_json=as_json, on_closed_stdout=lambda: received.append(signal.SIGPIPE))
     old = {s: signal.signal(s, on_signal) for s in stop_signals}
     try:
         with _user_errors(), display:
@@ -388,10 +396,10 @@ def train(
         for s in stop_signals:
             signal.signal(s, signal.SIG_IGN if received else old[s])
     if result.status == "interrupted":
-        name = signal.Signals(received[0]).name if received else "a stop request"
-        err.print(f"stopped by {name} at step {result.step}; saved {result.checkpoint}\n"
+        why = "stdout closed" if received[0] == signal.SIGPIPE else f"stopped by {signal.Signals(received[0]).name}"
+        err.print(f"{why} at step {result.step}; saved {result.checkpoint}\n"
                   f"resume with: {resume_command(config, overrides, init_from, threads)}", highlight=False)  # fmt: skip
-        raise typer.Exit(128 + (received[0] if received else signal.SIGINT))
+        raise typer.Exit(128 + received[0])
     if not quiet:
         how = {"done": "finished", "early_stop": "stopped early (patience)", "time_limit": "reached the time limit"}
         best = f", best val loss {result.best_val:.4f}" if result.best_val is not None else ""
@@ -427,8 +435,9 @@ class _TrainDisplay:
     the start (evaluations included).
     """
 
-    def __init__(self, quiet: bool, as_json: bool):
+    def __init__(self, quiet: bool, as_json: bool, on_closed_stdout=None):
         self.quiet, self.as_json = quiet, as_json
+        self.on_closed_stdout = on_closed_stdout  # called once if the reader of --json goes away
         self.progress = None
         self.task = None
         self.val = "-"
@@ -516,8 +525,14 @@ class _TrainDisplay:
             self.val = f"{info['val_loss']:.3f}"
             self.val_chars = info.get("val_chars", 0)
             if self.as_json:
-                print(json.dumps({k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec",
-                                                        "elapsed_s")}), flush=True)  # fmt: skip
+                record = {k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s")}
+                try:
+                    print(json.dumps(record), flush=True)
+                except BrokenPipeError:  # `| head -1`: stop writing, and let the loop save and stop
+                    self.as_json = False
+                    _StdoutWriter.closed_pipe()
+                    if self.on_closed_stdout is not None:
+                        self.on_closed_stdout()
             train = f"train {info['train_loss']:.4f}, " if info["train_loss"] is not None else ""
             subset = f" on the first {plural(info['val_chars'], 'val character')}" if "val_chars" in info else ""
             speed = f", {info['chars_per_sec'] / 1000:.1f}k chars/s" if info["chars_per_sec"] else ""  # none at step 0

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from .errors import CharRNNError, plural
 from .files import atomic_write
 
 VOCAB_FILE, TRAIN_FILE, VAL_FILE = "vocab.json", "train.npy", "val.npy"
+DIFFERENCE_SHOWN = 40  # characters Vocab.difference lists of each side
 DATA_FORMAT = 1
 
 
@@ -89,17 +91,20 @@ class Vocab:
         return cls(tuple(d["chars"]), tuple(counts) if counts is not None else None)
 
     def difference(self, other: "Vocab", mine: str = "the checkpoint", theirs: str = "the data") -> str:
-        """How two vocabularies differ, in words: the characters only one of them holds, or their order.
+        """How two vocabularies differ, in words: the characters only one of them holds (two sorted
+        vocabularies with the same characters are equal).
 
-        For error messages: "the data has '\\ufeff' that the checkpoint lacks". Empty when they are equal.
+        For error messages: "the data has '\\ufeff' that the checkpoint lacks"; at most
+        DIFFERENCE_SHOWN characters of each side are listed. Empty when they are equal.
         """
-        only_mine = "".join(c for c in self.chars if c not in set(other.chars))
-        only_theirs = "".join(c for c in other.chars if c not in set(self.chars))
+        mine_set, theirs_set = set(self.chars), set(other.chars)
         parts = []
-        if only_theirs:
-            parts.append(f"{theirs} has {only_theirs!r} that {mine} lacks")
-        if only_mine:
-            parts.append(f"{mine} has {only_mine!r} that {theirs} lacks")
+        sides = ((theirs, mine, other.chars, mine_set), (mine, theirs, self.chars, theirs_set))
+        for who, lacks, chars, other_set in sides:
+            only = [c for c in chars if c not in other_set]
+            if only:
+                more = f" and {len(only) - DIFFERENCE_SHOWN:,} more" if len(only) > DIFFERENCE_SHOWN else ""
+                parts.append(f"{who} has {''.join(only[:DIFFERENCE_SHOWN])!r}{more} that {lacks} lacks")
         return "; ".join(parts)
 
 
@@ -212,8 +217,9 @@ Progress = Callable[[int, "int | None", str], None]  # progress(done, total, pha
 class _Input:
     """A text to prepare that can be read more than once, as pieces of str (before any normalisation).
 
-    From a str (units: characters) or a file (units: bytes; standard input is first
-    spooled to an unnamed temporary file). `encoding` is the encoding read, None for a
+    From a str (units: characters) or a file (units: bytes; standard input, and any
+    input that is not a regular file, such as a named pipe or a shell's `<(zcat
+    x.gz)`, is first spooled to an unnamed temporary file, since it can be read once). `encoding` is the encoding read, None for a
     str; `bom_removed` whether a byte-order mark was dropped while decoding bytes.
     """
 
@@ -229,32 +235,37 @@ class _Input:
         self.requested = self.encoding = self.codec.name
         if path == "-":
             self.source = "standard input"
-            self.file = self._spool()
+            self.file = self._spool(sys.stdin.buffer)
             self.total = self.file.seek(0, os.SEEK_END)
-        else:
-            self.source = path
-            _check_file(path)
-            try:
+            return
+        self.source = path
+        _check_file(path)
+        try:
+            if stat.S_ISREG(os.stat(path).st_mode):
                 self.total = os.path.getsize(path)
-            except OSError as e:
-                raise DataError(f"cannot read {path}: {e.strerror}") from None
+                return
+            with open(path, "rb") as pipe:  # a named pipe or a device: it reads once
+                self.file = self._spool(pipe)
+            self.total = self.file.seek(0, os.SEEK_END)
+        except OSError as e:
+            raise DataError(f"cannot read {path}: {e.strerror}") from None
 
-    def _spool(self):
-        """Standard input cannot be read twice: copy it, in chunks, to a temporary file deleted on close."""
+    def _spool(self, stream):
+        """An input that can be read only once: copy it, in chunks, to a temporary file deleted on close."""
         try:
             f = tempfile.TemporaryFile()
         except OSError as e:
-            raise DataError(f"cannot make a temporary file for standard input: {e.strerror or e}") from None
+            raise DataError(f"cannot make a temporary file for {self.source}: {e.strerror or e}") from None
         try:
             done = 0
-            while chunk := sys.stdin.buffer.read(CHUNK):
+            while chunk := stream.read(CHUNK):
                 f.write(chunk)
                 done += len(chunk)
                 if self.progress:
-                    self.progress(done, None, "reading standard input")
+                    self.progress(done, None, f"reading {self.source}")
         except OSError as e:
             f.close()
-            raise DataError(f"cannot spool standard input to a temporary file: {e.strerror or e}") from None
+            raise DataError(f"cannot copy {self.source} to a temporary file: {e.strerror or e}") from None
         return f
 
     def close(self) -> None:

@@ -25,6 +25,7 @@ the bytes of a request and `open_run` refuses one that cannot fit.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -154,7 +155,7 @@ def draw(p: np.ndarray, rngs: list[np.random.Generator]) -> np.ndarray:
 
 _NOISE_BLOCK = 256  # Gumbel noise is drawn at most this many steps at a time,
 _NOISE_BYTES = 16 << 20  # and at most this many bytes of it per group
-_MAX_GROUP = 1024  # samples run side by side at most this many at a time,
+_MAX_GROUP = 1 << 14  # samples run side by side at most this many at a time,
 _GROUP_CHARS = 1 << 20  # keeping at most this many characters of ids between them
 _GENERATOR_BYTES = 1024  # a Generator with its SeedSequence (measured with tracemalloc: ~1 KB)
 
@@ -330,18 +331,63 @@ def _pieces_one(stepper, logits, n, rng, temperature, argmax, chars) -> Iterator
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable, else free pages), or None if unknown."""
+    """Bytes this process can still allocate, or None if unknown: the least of the machine's available
+    memory (Linux MemAvailable, else free pages), the room left under its cgroup's limit (v2 memory.max
+    minus memory.current, or v1 memory.limit_in_bytes minus usage: a container's, a SLURM job's --mem)
+    and its address-space limit (RLIMIT_AS, ulimit -v)."""
+    bounds = []
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            bounds += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
     except (OSError, ValueError, IndexError):
         pass
+    if not bounds:
+        try:
+            bounds.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (AttributeError, OSError, ValueError):
+            pass
+    cgroups = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))
+    for limit, usage in cgroups:  # v2, then v1
+        room = _cgroup_room(limit, usage)
+        if room is not None:
+            bounds.append(room)
+            break
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            bounds.append(max(soft - _virtual_bytes(), 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return min(bounds) if bounds else None
+
+
+def _cgroup_room(limit_file: str, usage_file: str) -> int | None:
+    """Bytes left under this process's cgroup memory limit, or None without one (v2 files, or v1 under memory/)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+        v2 = "/" not in limit_file
+        paths = [ln.split(":", 2)[2] for ln in lines if (ln.startswith("0::") if v2 else ":memory:" in ln)]
+        if not paths:
+            return None
+        base = Path("/sys/fs/cgroup") / ("" if v2 else "memory") / paths[0].lstrip("/")
+        limit = (base / limit_file.rpartition("/")[2]).read_text().strip()
+        if limit == "max" or int(limit) >= 1 << 60:  # no limit (v1 writes a huge number)
+            return None
+        return max(int(limit) - int((base / usage_file.rpartition("/")[2]).read_text()), 0)
+    except (OSError, ValueError, IndexError):
         return None
+
+
+def _virtual_bytes() -> int:
+    """This process's virtual size (what RLIMIT_AS counts), from /proc/self/statm; 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
 
 
 def memory_needed(model: CharRNN, vocab: Vocab, n: int, num_samples: int = 1, prime_chars: int = 0,
@@ -416,11 +462,14 @@ class SampleRun:
             if piece:
                 yield k, piece
 
-    def result(self) -> dict:
-        """The --json result: info with "samples", the K whole texts."""
+    def result(self, on_text: Callable[[str], None] | None = None) -> dict:
+        """The --json result: info with "samples", the K whole texts; on_text, if given, also
+        receives each piece as it is made."""
         texts = [[] for _ in range(self.info["num_samples"])]
         for k, piece in self.pieces():
             texts[k].append(piece)
+            if on_text is not None:
+                on_text(piece)
         return {"samples": ["".join(t) for t in texts], **self.info}
 
 
@@ -489,13 +538,7 @@ def sample_from_checkpoint(
     then its pieces, sample after sample. Raises SampleError as `open_run` does; the
     prime characters that unknown="skip" dropped are in result["dropped"].
     """
-    run = open_run(path, n, prime, decoding, seed, num_samples, unknown, prime_echo, keep_text=True)
-    texts: list[list[str]] = [[] for _ in range(num_samples)]
-    for k, piece in run.pieces():
-        texts[k].append(piece)
-        if on_text is not None:
-            on_text(piece)
-    return {"samples": ["".join(t) for t in texts], **run.info}
+    return open_run(path, n, prime, decoding, seed, num_samples, unknown, prime_echo, keep_text=True).result(on_text)
 
 
 def sample(

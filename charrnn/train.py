@@ -53,7 +53,7 @@ from .errors import CharRNNError, plural
 from .files import atomic_write
 from .model import DTYPES, CharRNN, init_params
 from .optim import apply_update, clip_by_global_norm, init_state, learning_rate
-from .runlock import LOCK_FILE, RunLock
+from .runlock import RunLock
 from .sampling import Decoding, generate
 from .threads import set_threads
 
@@ -250,9 +250,19 @@ def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, ds: Dataset) -> d
                          f"({ckpt.vocab.difference(ds.vocab)}); {to_new_text}")  # fmt: skip
     now = fingerprint(ds)
     then = ckpt.meta.get("data_fingerprint")
+    if not isinstance(then, dict):  # written before fingerprints: the character counts of the text still tell
+        then = None
+        counts = ckpt.vocab.counts
+        if counts is not None and ds.vocab.counts is not None and counts != ds.vocab.counts:
+            then = {"train_chars": now["train_chars"], "val_chars": now["val_chars"]}
+            if sum(counts) != now["train_chars"] + now["val_chars"]:
+                then = {"text_chars": sum(counts)}
     if then is not None and then != now:
         changes = [f"{split} split {plural(then[key], 'character')} then, {now[key]:,} now"
-                   for split, key in (("train", "train_chars"), ("val", "val_chars")) if then.get(key) != now[key]]  # fmt: skip
+                   for split, key in (("train", "train_chars"), ("val", "val_chars"))
+                   if then.get(key) is not None and then[key] != now[key]]  # fmt: skip
+        if "text_chars" in then:
+            changes.append(f"{plural(then['text_chars'], 'character')} then, {now['train_chars'] + now['val_chars']:,} now")
         raise TrainError(
             f"cannot resume {ckpt.path}: {cfg.data} no longer holds the text this run trained on "
             f"({'; '.join(changes) or 'the same sizes, other content'}), and its best loss and best.npz belong to "
@@ -271,13 +281,12 @@ def schedule_change(old, new, step: int) -> str | None:
     was, now = learning_rate(step, old), learning_rate(step, new)
     if not changed or math.isclose(was, now, rel_tol=1e-9):
         return None
-    last = learning_rate(max(step - 1, 0), old)
     keys = ", ".join(f"train.{k} {getattr(old, k)} -> {getattr(new, k)}" for k in changed)
-    keep = f"--set train.lr_schedule=constant --set train.learning_rate={last:.3g}"
+    keep = f"--set train.lr_schedule=constant --set train.learning_rate={was:.6g}"
     if step < new.warmup_steps:
         keep += " --set train.warmup_steps=0"
     return (f"the learning-rate schedule changed ({keys}): step {step + 1} trains at {now:.2e}, where the "
-            f"checkpoint's schedule gave {was:.2e}; to go on at the rate the run stopped at instead, resume with "
+            f"checkpoint's schedule gave {was:.2e}; to go on at that rate instead, resume with "
             f"{keep}")  # fmt: skip
 
 
@@ -372,7 +381,7 @@ def train(
     should_stop() is polled after every step (the CLI sets it on Ctrl-C and
     SIGTERM); when it turns true the loop saves last.npz and returns status
     "interrupted". Raises TrainError (a subclass of CharRNNError) for anything the
-    user can fix: a run folder that another process holds (runlock.RunLockedError),
+    user can fix (or CharRNNError: a run folder that another process holds, runlock.RunLockedError),
     data that does not fit the config or the resumed checkpoint, a diverged loss,
     and any failed file operation (one line naming the file and the system's
     reason, a read-only file system say).
@@ -388,30 +397,20 @@ def train(
     except OSError as e:
         raise TrainError(f"cannot create {out}: {e.strerror}") from None
     try:
-        with RunLock(out):
+        with RunLock(out, remove_if_unused=created) as lock:  # a refused new run leaves no empty folder
+            notes = [lock.unlocked] if lock.unlocked else []
             return _train_locked(cfg, ds, n_windows, out, resume, force, callback or _noop,
-                                 should_stop or (lambda: False))  # fmt: skip
+                                 should_stop or (lambda: False), notes)  # fmt: skip
     except OSError as e:
         if isinstance(e, BrokenPipeError):  # the reader of the CLI's output went away: not a file problem
             raise
         where = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "") if e.filename else str(out)
         raise TrainError(f"cannot use {where}: {e.strerror or e}") from None
-    finally:
-        if created:  # a run refused before its first write leaves no empty folder behind
-            _remove_if_only_lock(out)
 
 
-def _remove_if_only_lock(folder: Path) -> None:
-    try:
-        if [p.name for p in folder.iterdir()] == [LOCK_FILE]:
-            (folder / LOCK_FILE).unlink()
-            folder.rmdir()
-    except OSError:
-        pass
-
-
-def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: bool, force: bool, cb, stop):
-    """train(), once out_dir's lock is held."""
+def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: bool, force: bool, cb, stop,
+                  notes: list[str]):  # fmt: skip
+    """train(), once out_dir's lock is held; notes: what the user should know as the run starts."""
     tc, mc = cfg.train, cfg.model
     B, T = tc.batch_size, tc.seq_length
     last_path = out / checkpoint.LAST
@@ -436,7 +435,7 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
                  "params": model.num_params, "out_dir": str(out), "vocab_size": ds.vocab.size,
                  "windows_per_epoch": n_windows, "time_limit": tc.time_limit, "elapsed_s": st.elapsed,
                  "init_from": st.init_from and finetune.Origin.from_json(st.init_from).describe(),
-                 "notes": run.notes})  # fmt: skip
+                 "notes": notes + run.notes})  # fmt: skip
     status = "done"
     if st.init_from and not st.history:  # a fine-tuned run scores its starting point: the "before" of the curve
         if ev.evaluate(learning_rate(0, tc), 0.0):
@@ -528,17 +527,17 @@ def _trim_log(path: Path, step: int) -> None:
     """Drop a log's records past step (a resumed run repeats the steps after its checkpoint)."""
     if not path.is_file():
         return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = path.read_bytes().splitlines(keepends=True)
 
-    def keep(line: str) -> bool:
+    def keep(line: bytes) -> bool:
         try:
             return int(json.loads(line)["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-            return False  # a torn line from a killed run
+        except (ValueError, KeyError, TypeError):  # UnicodeDecodeError is a ValueError
+            return False  # a torn or damaged line from a killed run
 
     kept = [line for line in lines if keep(line)]
     if len(kept) != len(lines):
-        atomic_write(path, lambda f: f.write("".join(kept).encode("utf-8")))
+        atomic_write(path, lambda f: f.write(b"".join(kept)))
 
 
 def diverged_advice(cfg: Config, cell) -> str:

@@ -16,6 +16,7 @@ from charrnn import checkpoint
 from charrnn.cli import app
 from charrnn.config import load_config
 from charrnn.data import prepare
+from charrnn.errors import CharRNNError
 from charrnn.runlock import RunLock, RunLockedError
 from charrnn.train import TrainError, train
 
@@ -65,6 +66,25 @@ def test_resuming_on_another_text_with_the_same_characters_is_refused(tmp_path):
     # the same text prepared again resumes
     prepare(text, tmp_path / "data")
     assert train(cfg, resume=True).step > 60
+
+
+def test_a_checkpoint_from_before_fingerprints_is_checked_by_its_character_counts(tmp_path):
+    text = "the cat sat on the mat and the rat ate the hat. " * 40
+    prepare(text, tmp_path / "data")
+    cfg = load_config(write_config(tmp_path, tmp_path / "data", max_steps=20, eval_every=10))
+    train(cfg)
+    last = tmp_path / "run" / "last.npz"
+    ck = checkpoint.load(last)
+    del ck.meta["data_fingerprint"]  # as charrnn 0.2.0 wrote it
+    meta = {k: v for k, v in ck.meta.items() if k not in ("format", "format_version")}
+    checkpoint.save(last, ck.params, meta, ck.optim_state, ck.h)
+    prepare(text.replace("the", "tte"), tmp_path / "data")  # the same characters, other counts
+    cfg.train.max_steps = 30
+    with pytest.raises(TrainError, match="the same sizes, other content"):
+        train(cfg, resume=True)
+    prepare(text, tmp_path / "data")
+    assert train(cfg, resume=True).step == 30
+    assert checkpoint.load(last).meta["data_fingerprint"]["train_chars"] == 1728  # fingerprinted from now on
 
 
 def test_fine_tuning_is_the_way_to_go_on_with_another_text(tmp_path):
@@ -172,3 +192,61 @@ def test_a_read_only_run_folder_is_one_line_whatever_operation_fails(tmp_path, d
         monkeypatch.setattr(charrnn.train, "atomic_write", refuse)
     message = one_line(runner.invoke(app, args))
     assert "Read-only file system" in message and str(tmp_path / "run") in message
+
+
+def test_a_json_reader_that_goes_away_stops_the_run_with_its_work_saved(tmp_path, data_dir):
+    # `train --json | head -1` used to exit 1 silently with last.npz behind the last metrics record
+    cfg = write_config(tmp_path, data_dir, max_steps=100000, eval_every=3, hidden_size=24, eval_chars=200)
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(cfg), "-q", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as head does after its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 141, err
+    assert '"step": 3' in first and "stdout closed at step" in err and "Traceback" not in err
+    records = [line for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert checkpoint.load(tmp_path / "run" / "last.npz").step >= int(records[-1].split(",")[0].split(":")[1])
+
+
+def test_a_file_system_without_locks_trains_unlocked_and_says_so(tmp_path, data_dir, monkeypatch):
+    import charrnn.runlock
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(charrnn.runlock.fcntl, "flock", no_flock)
+    notes = []
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=4, eval_every=2))
+    assert train(cfg, callback=lambda k, i: notes.extend(i["notes"]) if k == "start" else None).step == 4
+    assert len(notes) == 1 and "cannot lock files" in notes[0]
+
+
+def test_a_refused_new_run_leaves_no_empty_folder(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=4, init_from=tmp_path / "missing.npz"))
+    with pytest.raises(CharRNNError, match="missing.npz"):
+        train(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_lock_file_removed_as_a_run_opened_it_is_made_anew(tmp_path, monkeypatch):
+    """The folder cleanup removes .lock while holding it; a run that had opened the file just before then
+    locks a deleted file: it must notice, and lock a new one, never share the folder with a later run."""
+    import charrnn.runlock as runlock
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    stale = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT)  # opened by a run just before ...
+    os.unlink(folder / ".lock")  # ... the holder removed the file and its folder
+    folder.rmdir()
+    real_open, opened = os.open, []
+
+    def open_once_stale(*args, **kwargs):
+        opened.append(args[0])
+        return stale if len(opened) == 1 else real_open(*args, **kwargs)
+
+    monkeypatch.setattr(runlock.os, "open", open_once_stale)
+    with RunLock(folder) as lock:
+        assert len(opened) == 2 and os.path.samestat(os.fstat(lock.fd), os.stat(folder / ".lock"))
+        assert f'"pid": {os.getpid()}' in (folder / ".lock").read_text()
+        with pytest.raises(RunLockedError):  # and it holds the new file
+            RunLock(folder).__enter__()

@@ -436,3 +436,25 @@ def test_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 4 and not [p for p in files if p.name.endswith(".tmp")]
     assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: mode for p in files}
+
+
+def test_sigterm_during_prepare_leaves_no_temporary_file(tmp_path):
+    """SIGTERM (timeout, a scheduler) used to kill prepare mid-write, leaving its .tmp files behind."""
+    text = tmp_path / "in.txt"
+    text.write_text("to be or not to be, that is the question\n" * 200)
+    code = (
+        "import os, signal, sys\n"
+        "import charrnn.data as data\n"
+        "header = data._npy_header\n"
+        "def header_then_sigterm(f, n, dtype):\n"
+        "    header(f, n, dtype)\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "data._npy_header = header_then_sigterm\n"
+        f"sys.argv = ['charrnn', 'prepare', {str(text)!r}, '--out', {str(tmp_path / 'out')!r}]\n"
+        "from charrnn.cli import run\n"
+        "run()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 143, r.stderr
+    assert "Traceback" not in r.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == []  # the half-written splits were removed

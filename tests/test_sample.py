@@ -1,6 +1,8 @@
 """Sampling: filters, determinism, batching, prime handling, the CLI's stdout discipline."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -339,7 +341,7 @@ def test_samples_run_in_groups_and_a_group_is_a_batch(monkeypatch):
     import charrnn.sampling as sampling
 
     m, v = small_model()
-    assert sampling.group_size(5, 100) == 5 and sampling.group_size(10**6, 10) == 1024
+    assert sampling.group_size(5, 100) == 5 and sampling.group_size(10**6, 10) == sampling._MAX_GROUP == 16384
     assert sampling.group_size(5, 2**20) == 1 and sampling.group_size(3, 10**12) == 1
     whole = generate(m, v, 300, prime="ab", seed=2, num_samples=5, decoding=Decoding(0.9))
     monkeypatch.setattr(sampling, "_MAX_GROUP", 2)  # groups of 2, 2 and 1: the same samples
@@ -427,3 +429,12 @@ def test_a_drawn_seed_is_reported_on_stderr_and_repeats_the_sample(run_dir):
     assert again.stdout == r.stdout and again.stderr == ""
     r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "5", "--argmax"])  # nothing random
     assert r.exit_code == 0 and r.stderr == ""
+
+
+def test_the_memory_check_counts_the_process_address_space_limit():
+    # a container's or a scheduler's limit (cgroup, ulimit -v) binds before the machine's free memory does
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, resource.RLIM_INFINITY)); "
+            "from charrnn.sampling import available_memory; print(available_memory())")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert 0 < int(out.stdout) < 4 << 30

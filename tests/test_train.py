@@ -377,7 +377,7 @@ def test_extending_a_finished_schedule_says_what_the_rate_now_does(tmp_path, dat
     # cosine from 1e-2 to 1e-3 over steps 2..20 ended at 1e-3; over 2..40, step 20 is at 5.87e-3
     assert "train.max_steps 20 -> 40" in notes[0] and "step 21 trains at 5.87e-03" in notes[0]
     assert "gave 1.00e-03" in notes[0]
-    assert notes[0].endswith("--set train.lr_schedule=constant --set train.learning_rate=0.00107")  # step 20's rate
+    assert notes[0].endswith("--set train.lr_schedule=constant --set train.learning_rate=0.001")  # the old schedule's
     cfg.train.max_steps = 50  # the same schedule family, constant: nothing changes at the step it resumes
     cfg.train.lr_schedule = "constant"
     notes.clear()
