@@ -96,10 +96,11 @@ class Range:
 
     def values(self) -> list:
         """Every value of a stepped range (the grid sampler's points); TuneError when it has no step."""
-        if self.step is None:
-            raise TuneError("grid")
-        n = int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
-        vals = [self.low + i * self.step for i in range(n)]
+        step = self.step or (1 if self.integer else None)
+        if step is None:
+            raise TuneError("a float range without a step has no list of values")
+        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        vals = [self.low + i * step for i in range(n)]
         return [int(v) for v in vals] if self.integer else [round(v, 12) for v in vals]
 
 
@@ -231,7 +232,7 @@ def parse_tune(raw: Any) -> TuneSpec:
         raise ConfigError("the tune: section needs a space: the config keys to search (see docs/tune.md)")
     if spec.sampler == "grid":
         for key, dim in spec.space.items():
-            if isinstance(dim, Range) and dim.step is None:
+            if isinstance(dim, Range) and dim.step is None and not dim.integer:
                 raise ConfigError(f"tune.space.{key}: the grid sampler needs a list or a range with a step")
     return spec
 
@@ -336,6 +337,15 @@ def _optuna():
     return _OPTUNA
 
 
+def _retry_callback():
+    """Optuna's callback that queues a failed trial again (WAITING, same parameters, its number recorded)."""
+    import warnings
+
+    with warnings.catch_warnings():  # experimental since 2.8, and the API we rely on
+        warnings.simplefilter("ignore", _optuna().exceptions.ExperimentalWarning)
+        return _optuna().storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+
+
 def open_storage(url: str):
     """An Optuna storage: an RDB URL (sqlite:///, postgresql+psycopg://, mysql+pymysql://...) with a heartbeat
     that fails and retries the trials of dead workers, or else a journal file path (created as needed).
@@ -344,19 +354,25 @@ def open_storage(url: str):
     """
     optuna = _optuna()
     if "://" in url:
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            )  # fmt: skip
-        except ImportError as e:
-            hint = " (for PostgreSQL use postgresql+psycopg://, the driver the tune extra installs)" \
-                if url.startswith("postgresql://") else ""  # fmt: skip
-            raise TuneError(f"--storage {_hide_password(url)}: its database driver is not installed "
-                            f"({e.name or e}){hint}") from None  # fmt: skip
-        except Exception as e:  # sqlalchemy's errors: a bad URL, a refused connection, a wrong password
-            first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-            raise TuneError(f"cannot open --storage {_hide_password(url)}: {first}") from None
+        import warnings
+
+        for attempt in range(3):
+            try:
+                with warnings.catch_warnings():  # the heartbeat is experimental, and what we rely on
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                                                      heartbeat_stale_trial_callback=_retry_callback())  # fmt: skip
+            except ImportError as e:
+                hint = " (for PostgreSQL use postgresql+psycopg://, the driver the tune extra installs)" \
+                    if url.startswith("postgresql://") else ""  # fmt: skip
+                raise TuneError(f"--storage {_hide_password(url)}: its database driver is not installed "
+                                f"({e.name or e}){hint}") from None  # fmt: skip
+            except Exception as e:  # sqlalchemy's errors: a bad URL, a refused connection, a wrong password
+                if attempt < 2 and "duplicate key" in str(e):  # another process created the tables at that moment
+                    time.sleep(0.5)
+                    continue
+                first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+                raise TuneError(f"cannot open --storage {_hide_password(url)}: {first}") from None
     path = Path(url)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,7 +388,11 @@ def _hide_password(url: str) -> str:
 
 
 def make_sampler(study: Study, worker: str):
-    """The study's sampler, seeded from train.seed and the worker's name (so that workers differ)."""
+    """The study's sampler, seeded from train.seed and the worker's name: host, command slot, index.
+
+    Workers must differ (the same seed would draw the same first points in every worker), and a study run by
+    one command from scratch with --jobs 1 draws the same points every time: so the name holds no process id.
+    """
     optuna = _optuna()
     spec = study.spec
     seed = zlib.crc32(f"{study.cfg.train.seed}:{worker}".encode())
@@ -418,6 +438,11 @@ def _suggest_value(trial, key: str, dim: list | Range):
 
 
 # --------------------------------------------------------------------------- the worker
+
+
+class _SpaceChanged(Exception):
+    """The study's trials used another list or scale for a key: no trial of this worker can run (not caught
+    with the trial's other errors: the worker ends)."""
 
 
 class _Stopped(Exception):
@@ -469,7 +494,7 @@ def fail_dead_trials(ostudy, study: Study) -> list[int]:
         return []  # Optuna's heartbeat does it (RDBStorage's failed_trial_callback)
     host = socket.gethostname()
     storage, failed = ostudy._storage, []
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    retry = _retry_callback()
     for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if t.user_attrs.get("host") != host or not _folder_is_free(study.out_dir / TRIALS_DIR / str(t.number)):
             continue
@@ -536,7 +561,7 @@ class _Worker:
             frozen = next(t for t in ostudy.get_trials(deepcopy=False) if t.number == self.number)
             if frozen.state == optuna.trial.TrialState.FAIL and "stopped_at_step" in frozen.user_attrs:
                 # stopped, not broken: queue its retry, which resumes from its checkpoint
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(ostudy, frozen)
+                _retry_callback()(ostudy, frozen)
             elif frozen.state == optuna.trial.TrialState.FAIL:
                 fails, last_error = fails + 1, frozen.user_attrs.get("error") or "see the log"
                 if fails >= MAX_FAILS:
@@ -559,7 +584,11 @@ class _Worker:
 
         self.number = trial.number
         study = self.study
-        params = {key: _suggest_value(trial, key, dim) for key, dim in study.spec.space.items()}
+        try:
+            params = {key: _suggest_value(trial, key, dim) for key, dim in study.spec.space.items()}
+        except ValueError as e:  # the study holds trials of another list or scale for a key
+            raise _SpaceChanged(f"the study {study.name!r} was run with another tune.space ({e}); a list of values "
+                                f"or a log setting cannot change within a study: use --study NEWNAME") from None
         folder = study.out_dir / TRIALS_DIR / str(trial.number)
         for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.worker,
                            "run": str(folder)}.items():  # fmt: skip
@@ -645,7 +674,7 @@ def _worker_main(argv: list[str]) -> int:
         if pending:
             return 0
         return worker.run()
-    except CharRNNError as e:
+    except (CharRNNError, _SpaceChanged) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1
 
@@ -745,6 +774,7 @@ def tune(
         (study.out_dir / LOG_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise TuneError(f"cannot create {study.out_dir / LOG_DIR}: {e.strerror}") from None
+    _claim_out_dir(study)
     optuna = _optuna()
     ostudy = open_study(study)
     threads = trial_threads(study.cfg, jobs)
@@ -755,9 +785,10 @@ def tune(
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, Path] = {}
     host = socket.gethostname()
+    slot, slot_lock = _take_slot(study.out_dir)
 
     def spawn(index: int) -> None:
-        name = f"{host}:{os.getpid()}:{index}"
+        name = f"{host}:{slot}:{index}"
         args = {"config": config_path, "trials": study.spec.trials, "storage": study.storage,
                 "study": study.name, "worker": name, "threads": threads, "deadline": deadline}  # fmt: skip
         log = study.out_dir / LOG_DIR / f"worker-{index}.log"
@@ -794,6 +825,7 @@ def tune(
             _signal(p, signal.SIGTERM)
         for p in procs.values():
             p.wait()
+        slot_lock.release()
     all_trials = ostudy.get_trials(deepcopy=False)
     counts = _counts(ostudy)
     rows = [trial_row(t) for t in all_trials]
@@ -819,6 +851,45 @@ def tune(
             "run": str(study.out_dir / TRIALS_DIR / str(best.number)), "config": str(best_path),
         },
     }  # fmt: skip
+
+
+def _claim_out_dir(study: Study) -> None:
+    """out_dir's trials/<number> folders belong to one study: refuse another (its numbers would clash)."""
+    marker = study.out_dir / LOG_DIR / "study.json"
+    storage = study.storage if study.is_rdb else str(Path(study.storage).resolve())
+    mine = {"study": study.name, "storage": _hide_password(storage)}
+    try:
+        theirs = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        theirs = None
+    if theirs is not None and theirs != mine:
+        raise TuneError(f"{study.out_dir} holds the trials of study {theirs.get('study')!r} in "
+                        f"{theirs.get('storage')}; study {study.name!r} in {mine['storage']} needs an out_dir of its "
+                        f"own (set out_dir in {study.config_path}), or run that study again")  # fmt: skip
+    if theirs is None:
+        try:
+            marker.write_text(json.dumps(mine) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise TuneError(f"cannot write {marker}: {e.strerror or e}") from None
+
+
+def _take_slot(out_dir: Path) -> tuple[int, _LocalLock]:
+    """The lowest command slot free on this machine (0 for the only command): a lock held until the end.
+
+    The slot names this command's workers, and so seeds their samplers (make_sampler) apart from those of
+    another command running the same study here.
+    """
+    import fcntl
+
+    for slot in range(1000):
+        lock = _LocalLock(out_dir / LOG_DIR / f".slot-{slot}.lock")
+        lock.fd = os.open(lock.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return slot, lock
+        except BlockingIOError:
+            lock.release()
+    raise TuneError(f"1,000 commands run this study in {out_dir} at once")
 
 
 def _signal(p: subprocess.Popen, sig: int) -> None:
