@@ -912,7 +912,7 @@ class _TuneDisplay:
             if err.is_terminal:
                 from rich.live import Live
 
-                self.live = Live(console=err, auto_refresh=False, transient=False)
+                self.live = Live(console=err, auto_refresh=False, transient=True)  # the summary follows on stdout
                 self.live.start()
         elif kind == "note":
             err.print(f"note: {info}", highlight=False, markup=False)

@@ -482,21 +482,46 @@ def _folder_is_free(folder: Path) -> bool:
         return False
 
 
-def fail_dead_trials(ostudy, study: Study) -> list[int]:
-    """Journal storage: fail this machine's RUNNING trials whose worker died, and queue their retries.
+def _worker_alive(pid) -> bool:
+    """Whether process pid lives and is a tune worker (a pid reused by another program, or a zombie, is not)."""
+    if not isinstance(pid, int):
+        return True  # not recorded yet: the trial is starting
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    try:
+        return b"charrnn.tune" in cmdline.read_bytes()
+    except OSError:
+        return not Path("/proc/self").exists()  # no /proc (macOS): the signal test alone
 
-    A trial's worker holds its run folder's lock for as long as it trains, and the lock dies with the process
-    (runlock.py). Call it holding the local lock, so that a trial being started is not taken for a dead one.
-    Returns the numbers of the trials failed.
+
+def fail_dead_trials(ostudy, study: Study) -> list[int]:
+    """Fail this machine's RUNNING trials whose worker died, and queue their retries; their numbers.
+
+    Optuna's journal storage has no heartbeat. A trial records its worker's host and process id, and the worker
+    holds the trial's run folder's lock while it trains (runlock.py: the lock dies with the process): a trial of
+    this host whose worker process is gone and whose run folder is not locked is dead. (The lock alone is not
+    enough: a worker releases it when training ends, a moment before it reports the result.) On RDB storages
+    Optuna's heartbeat does the same across machines (fail_stale_trials, RetryHeartbeatStaleTrialCallback);
+    this check only comes sooner for this machine's trials.
     """
+    import warnings
+
     optuna = _optuna()
     if study.is_rdb:
-        return []  # Optuna's heartbeat does it (RDBStorage's failed_trial_callback)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(ostudy)
     host = socket.gethostname()
     storage, failed = ostudy._storage, []
     retry = _retry_callback()
     for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != host or not _folder_is_free(study.out_dir / TRIALS_DIR / str(t.number)):
+        ua = t.user_attrs
+        if ua.get("host") != host or _worker_alive(ua.get("pid")) or not _folder_is_free(Path(ua.get("run", "."))):
             continue
         try:
             storage.set_trial_user_attr(t._trial_id, "worker_died", True)
@@ -589,7 +614,7 @@ class _Worker:
         except ValueError as e:  # the study holds trials of another list or scale for a key
             raise _SpaceChanged(f"the study {study.name!r} was run with another tune.space ({e}); a list of values "
                                 f"or a log setting cannot change within a study: use --study NEWNAME") from None
-        folder = study.out_dir / TRIALS_DIR / str(trial.number)
+        folder = (study.out_dir / TRIALS_DIR / str(trial.number)).absolute()
         for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.worker,
                            "run": str(folder)}.items():  # fmt: skip
             trial.set_user_attr(key, value)
@@ -605,10 +630,10 @@ class _Worker:
         system_attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
         original = system_attrs.get("failed_trial")  # RetryHeartbeatStaleTrialCallback's record
         if original is not None:
-            old = study.out_dir / TRIALS_DIR / str(original)
+            old = folder.parent / str(original)
             history = system_attrs.get("retry_history", [original])
             for n in reversed(history):  # the latest checkpoint of this trial's line of retries
-                old = study.out_dir / TRIALS_DIR / str(n)
+                old = folder.parent / str(n)
                 if (old / checkpoint.LAST).is_file():
                     break
             if (old / checkpoint.LAST).is_file() and not folder.exists() and _folder_is_free(old):
@@ -791,7 +816,7 @@ def tune(
         name = f"{host}:{slot}:{index}"
         args = {"config": config_path, "trials": study.spec.trials, "storage": study.storage,
                 "study": study.name, "worker": name, "threads": threads, "deadline": deadline}  # fmt: skip
-        log = study.out_dir / LOG_DIR / f"worker-{index}.log"
+        log = study.out_dir / LOG_DIR / (f"worker-{index}.log" if slot == 0 else f"worker-{slot}.{index}.log")
         with open(log, "ab") as f:
             procs[str(index)] = subprocess.Popen([sys.executable, "-m", "charrnn.tune", json.dumps(args)],
                                                  stdin=subprocess.DEVNULL, stdout=f, stderr=f)  # fmt: skip
