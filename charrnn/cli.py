@@ -781,11 +781,13 @@ def gradcheck(
 def tune(
     config: Annotated[str, typer.Argument(help="YAML config with a tune: section.", show_default=False)],
     trials: Annotated[
-        Optional[int], typer.Option("--trials", min=1, metavar="N", help="The study's budget of complete and pruned trials.",
-                                    show_default="tune.trials")
+        Optional[int],
+        typer.Option("--trials", min=1, metavar="N", help="The study's budget of complete and pruned trials.",
+                     show_default="tune.trials"),
     ] = None,
     jobs: Annotated[
-        int, typer.Option("--jobs", "-j", min=1, metavar="J", help="Worker processes here; each gets cores / J threads.")
+        int,
+        typer.Option("--jobs", "-j", min=1, metavar="J", help="Worker processes here; each gets cores / J threads."),
     ] = 1,
     storage: Annotated[
         Optional[str],
@@ -835,9 +837,10 @@ def tune(
         err.print(f"stopped by {name}: {result['done']} of {result['budget']} trials done; the stopped trials keep "
                   f"their checkpoints and resume when you run the same command again", highlight=False)  # fmt: skip
         raise typer.Exit(128 + (received[0] if received else signal.SIGINT))
-    if result["status"] == "timeout":
-        err.print(f"--timeout reached: {result['done']} of {result['budget']} trials done; run the same command "
-                  f"again to continue", highlight=False)  # fmt: skip
+    if result["status"] in ("timeout", "unfinished"):
+        why = "--timeout reached" if result["status"] == "timeout" else "the workers ended"
+        err.print(f"{why}: {result['done']} of {result['budget']} trials done; run the same command again to "
+                  f"continue", highlight=False)  # fmt: skip
 
 
 def _duration(value: Optional[str]) -> Optional[str]:

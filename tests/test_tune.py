@@ -89,7 +89,8 @@ def test_space_parses_lists_and_ranges_as_the_config_types_them():
 @pytest.mark.parametrize(
     "tune, message",
     [
-        ({"space": {"train.lerning_rate": [0.1]}}, "unknown config key 'train.lerning_rate'; did you mean 'train.learning_rate'"),
+        ({"space": {"train.lerning_rate": [0.1]}},
+         "unknown config key 'train.lerning_rate'; did you mean 'train.learning_rate'"),
         ({"space": {"lr": [0.1]}}, "did you mean 'train.learning_rate'"),
         ({"space": {"model.hidden_size": ["big"]}}, "model.hidden_size must be an integer, got 'big'"),
         ({"space": {"model.hidden_size": {"low": 8, "high": 16.5}}}, "model.hidden_size must be an integer"),
