@@ -827,7 +827,10 @@ def tune(
     stopping, respawns, errors = False, 0, []
     try:
         while procs:
-            time.sleep(POLL_S)
+            for _ in range(10):  # the display every POLL_S; a stop request within POLL_S / 10
+                time.sleep(POLL_S / 10)
+                if stop() and not stopping:
+                    break
             if stop() and not stopping:
                 stopping = True
                 for p in procs.values():

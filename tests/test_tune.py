@@ -326,7 +326,7 @@ def test_two_commands_share_a_postgresql_study(tmp_path, text_dir, postgres):
 
 
 def test_sigterm_stops_the_workers_with_resumable_trials(tmp_path, text_dir):
-    path = tune_config(tmp_path, text_dir, "trials: 1\npruner: none\nspace:\n  model.hidden_size: [16]", max_steps=200)
+    path = tune_config(tmp_path, text_dir, "trials: 1\npruner: none\nspace:\n  model.hidden_size: [16]", max_steps=400)
     first = tmp_path / "run" / "trials" / "0"
     proc = subprocess.Popen(cli(path, "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
@@ -340,11 +340,11 @@ def test_sigterm_stops_the_workers_with_resumable_trials(tmp_path, text_dir):
     trials = study_trials(str(tmp_path / "run" / "study.journal"))
     assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # marked, and queued to go on
     stopped = trials[0].user_attrs["stopped_at_step"]
-    assert 0 < stopped < 200 and (first / "last.npz").is_file()
+    assert 0 < stopped < 400 and (first / "last.npz").is_file()
     r = runner.invoke(app, ["tune", str(path), "--json"])
     assert r.exit_code == 0, r.stderr
     trials = study_trials(str(tmp_path / "run" / "study.journal"))
     assert_budget_met(trials, 1)
     assert trials[1].state.name == "COMPLETE" and trials[1].user_attrs["resumed_from"] == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "trials" / "1" / "train.jsonl").open()]
-    assert records[-1]["step"] == 200 and any(r["step"] == stopped for r in records)  # went on from there
+    assert records[-1]["step"] == 400 and any(r["step"] == stopped for r in records)  # went on from there
