@@ -788,6 +788,183 @@ def gradcheck(
             out.print(f"{at_kink} entries left out: their difference step crossed a relu kink (see --eps)")
     raise typer.Exit(0 if result.passed else 1)
 
+# `charrnn tune` ---------------------------------------------------------------
+# The command and its displays, in one block (the CLI's split into a package moves it as a whole).
+
+
+@app.command(cls=_Command)
+def tune(
+    config: Annotated[str, typer.Argument(help="YAML config with a tune: section.", show_default=False)],
+    trials: Annotated[
+        Optional[int],
+        typer.Option("--trials", min=1, metavar="N", help="The study's budget of complete and pruned trials.",
+                     show_default="tune.trials"),
+    ] = None,
+    jobs: Annotated[
+        int,
+        typer.Option("--jobs", "-j", min=1, metavar="J", help="Worker processes here; each gets cores / J threads."),
+    ] = 1,
+    storage: Annotated[
+        Optional[str],
+        typer.Option("--storage", metavar="URL",
+                     help="Optuna storage: sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://..., or a journal "
+                          "file path.", show_default="out_dir/study.journal"),
+    ] = None,
+    study: Annotated[
+        Optional[str], typer.Option("--study", metavar="NAME", help="Study name in the storage.",
+                                    show_default="the config file's stem")
+    ] = None,
+    timeout: Annotated[
+        Optional[str], typer.Option("--timeout", metavar="DURATION", callback=_duration,
+                                    help="Start no trial after this long (90s, 10m, 1.5h); running ones finish.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Search hyperparameters with Optuna: one training run per trial, on one machine or many."""
+    import signal
+
+    from .tune import parse_duration, tune as run_tune
+
+    seconds = parse_duration(timeout) if timeout is not None else None
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            err.print("still stopping the workers, please wait", highlight=False)
+
+    display = _TuneDisplay()
+    old = {s: signal.signal(s, on_signal) for s in stop_signals}
+    try:
+        with _user_errors(), display:
+            result = run_tune(config, trials=trials, jobs=jobs, storage=storage, study_name=study, timeout=seconds,
+                              callback=display, should_stop=lambda: bool(received))  # fmt: skip
+    finally:
+        for s in stop_signals:
+            signal.signal(s, signal.SIG_IGN if received else old[s])
+    if as_json:
+        print(json.dumps(result))
+    else:
+        _tune_summary(result)
+    if result["status"] == "stopped":
+        name = signal.Signals(received[0]).name if received else "a stop request"
+        err.print(f"stopped by {name}: {result['done']} of {result['budget']} trials done; the stopped trials keep "
+                  f"their checkpoints and resume when you run the same command again", highlight=False)  # fmt: skip
+        raise typer.Exit(128 + (received[0] if received else signal.SIGINT))
+    if result["status"] in ("timeout", "unfinished"):
+        why = "--timeout reached" if result["status"] == "timeout" else "the workers ended"
+        err.print(f"{why}: {result['done']} of {result['budget']} trials done; run the same command again to "
+                  f"continue", highlight=False)  # fmt: skip
+
+
+def _duration(value: Optional[str]) -> Optional[str]:
+    """--timeout must read as a duration: otherwise a usage error (exit 2)."""
+    if value is not None:
+        from .tune import TuneError, parse_duration
+
+        try:
+            parse_duration(value)
+        except TuneError as e:
+            raise typer.BadParameter(str(e).removeprefix("--timeout ")) from None
+    return value
+
+
+def _params_text(params: dict) -> str:
+    def short(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k.rpartition('.')[2]}={short(v)}" for k, v in params.items())
+
+
+def _duration_text(seconds) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _trials_table(rows: list[dict], title: str, best_number=None):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for name, justify in (("trial", "right"), ("parameters", "left"), ("best val loss", "right"),
+                          ("state", "left"), ("time", "right"), ("", "left")):  # fmt: skip
+        table.add_column(name, justify=justify, overflow="fold")
+    colors = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
+    for r in rows:
+        val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+        mark = " *" if r["number"] == best_number else ""
+        step = f" @{r['step']}" if r["state"] == "RUNNING" and r["step"] else ""
+        table.add_row(f"{r['number']}{mark}", _params_text(r["params"]), val,
+                      f"[{colors.get(r['state'], 'white')}]{r['state'].lower()}[/]{step}",
+                      _duration_text(r["seconds"]), r["note"])  # fmt: skip
+    return table
+
+
+class _TuneDisplay:
+    """The study's trials as they run, on stderr: a live Rich table on a terminal, else a line per finished trial."""
+
+    def __init__(self):
+        self.live = None
+        self.header = ""
+        self.reported: set[tuple[int, str]] = set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.stop()
+        return False
+
+    def __call__(self, kind: str, info) -> None:
+        if kind == "start":
+            done = f", {info['done']} done already" if info["done"] else ""
+            self.header = (f"study {info['study']} in {info['storage']}: {info['trials']} trials{done}, "
+                           f"{info['jobs']} worker(s) x {info['threads']} thread(s); runs in "
+                           f"{info['out_dir']}/trials")  # fmt: skip
+            err.print(self.header, highlight=False, markup=False)
+            if err.is_terminal:
+                from rich.live import Live
+
+                self.live = Live(console=err, auto_refresh=False, transient=True)  # the summary follows on stdout
+                self.live.start()
+        elif kind == "note":
+            err.print(f"note: {info}", highlight=False, markup=False)
+        elif kind == "trials":
+            if self.live is not None:
+                finished = [r for r in info if r["state"] == "COMPLETE" and r["val_loss"] is not None]
+                best = min(finished, key=lambda r: r["val_loss"])["number"] if finished else None
+                self.live.update(_trials_table(info[-20:], "trials (the last 20; * best)", best), refresh=True)
+                return
+            for r in info:
+                if r["state"] in ("RUNNING", "WAITING") or (r["number"], r["state"]) in self.reported:
+                    continue
+                self.reported.add((r["number"], r["state"]))
+                val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+                note = f" ({r['note']})" if r["note"] else ""
+                err.print(f"trial {r['number']} {r['state'].lower()}: val {val}, {_params_text(r['params'])}, "
+                          f"{_duration_text(r['seconds'])}{note}", highlight=False, markup=False)  # fmt: skip
+
+
+def _tune_summary(result: dict) -> None:
+    """The study's trials, best first, and the best config, on stdout."""
+    rows = sorted(result["trials"], key=lambda r: (r["state"] != "COMPLETE", r["val_loss"] is None,
+                                                    r["val_loss"] or 0.0, r["number"]))  # fmt: skip
+    best = result["best"]
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result["counts"].items()))
+    out.print(_trials_table(rows, f"study {result['study']}: {counts}", best and best["number"]))
+    if best is None:
+        out.print("no trial completed yet", highlight=False)
+    else:
+        out.print(f"best: trial {best['number']}, val loss {best['val_loss']:.4f} nats/char "
+                  f"({best['val_loss'] / 0.6931471805599453:.3f} bits), {_params_text(best['params'])}\n"
+                  f"its run: {best['run']}\nits config: {best['config']} (charrnn train {best['config']})",
+                  highlight=False, markup=False)  # fmt: skip
+
 
 def run() -> None:
     """Console-script entry point."""

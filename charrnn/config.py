@@ -132,6 +132,11 @@ FOREIGN_NAMES = {
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|m|min|h)?\s*$", re.I)
 
 
+# Top-level sections that other commands read and `charrnn train` leaves alone, so that one file serves both:
+# tune (the search space of `charrnn tune`, validated by charrnn/tune.py).
+OTHER_SECTIONS = ("tune",)
+
+
 def _sections() -> dict[str, type]:
     return {"model": ModelConfig, "train": TrainConfig}
 
@@ -161,7 +166,7 @@ def _suggest(key: str) -> str:
         section = key.split(".", 1)[0]
         candidates = [k for k in valid_keys() if k.startswith(section + ".")] or valid_keys()
     else:
-        candidates = [f.name for f in dataclasses.fields(Config)]
+        candidates = [f.name for f in dataclasses.fields(Config)] + list(OTHER_SECTIONS)
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     return f"; did you mean '{close[0]}'?" if close else ""
 
@@ -243,6 +248,8 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
     top_fields = {f.name: f for f in dataclasses.fields(Config)}
     for key, value in raw.items():
         key = str(key)
+        if key in OTHER_SECTIONS:
+            continue
         if key not in top_fields:
             raise ConfigError(f"unknown key '{key}'{_suggest(key)}")
         if key in _sections():
@@ -327,6 +334,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read, override and validate a YAML config."""
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return from_dict(raw, default_out_dir=str(Path("runs") / Path(path).stem))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The mapping a YAML config file holds, unvalidated (ConfigError when it cannot be read or is not one)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"no such config file: {path}" if not p.exists() else f"{path} is not a file")
@@ -344,8 +357,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of keys to values, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    return from_dict(raw, default_out_dir=str(Path("runs") / p.stem))
+    return raw
 
 
 def config_from_json(d: dict) -> Config:

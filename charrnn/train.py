@@ -69,6 +69,10 @@ class TrainError(CharRNNError):
     """Training cannot start or cannot go on."""
 
 
+class DivergedError(TrainError):
+    """The training or validation loss stopped being finite (a learning rate too high, say)."""
+
+
 # --------------------------------------------------------------------------- batching
 
 
@@ -460,7 +464,7 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite results are caught below
             loss, norm, lr, h_new = train_step(model, run.opt_state, x, y, run.h, st.step, tc, lr_scale, run.rng)
         if h_new is None:
-            raise TrainError(f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
+            raise DivergedError(f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
                              f"(gradient norm {norm:.3g}); {diverged_advice(cfg, model.cell)}; "
                              f"{ev.kept()}")  # fmt: skip
         run.h = h_new
@@ -579,7 +583,7 @@ class _Evaluator:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             val = evaluate(model, self.val_ids, tc.batch_size, tc.seq_length)
         if not math.isfinite(val):
-            raise TrainError(f"the validation loss became {val} at step {st.step}; "
+            raise DivergedError(f"the validation loss became {val} at step {st.step}; "
                              f"{diverged_advice(self.cfg, model.cell)}; {self.kept()}")  # fmt: skip
         # train_loss: the mean training loss of the steps since the previous evaluation (None before any step)
         train_loss = nonnegative(st.interval_loss / st.interval_steps) if st.interval_steps else None

@@ -16,7 +16,7 @@ def test_help_lists_the_commands():
     r = runner.invoke(app, ["--help"])
     assert r.exit_code == 0
     listed = re.findall(r"^\W*(\w+)\s{2,}\S", r.stdout.split("Commands")[1], re.M)  # first word of each command row
-    assert listed == ["prepare", "train", "eval", "sample", "plot", "gradcheck"]
+    assert listed == ["prepare", "train", "eval", "sample", "plot", "gradcheck", "tune"]
 
 
 def test_no_arguments_shows_help():
