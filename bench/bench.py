@@ -200,7 +200,7 @@ def main() -> None:
     ids, V = load(args.data)
     blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')}, {i.get('num_threads')} threads)"
             for i in threadpool_info() if i.get("user_api") == "blas"]  # fmt: skip
-    report = {"data": args.data, "chars": int(len(ids)), "vocab": V, "threads": args.threads, "blas": blas,
+    report = {"data": args.data, "chars": len(ids), "vocab": V, "threads": args.threads, "blas": blas,
               "numpy": np.__version__, "rows": []}  # fmt: skip
     if use_torch:
         report["torch"] = torch.__version__
@@ -230,8 +230,10 @@ def main() -> None:
             row["pytorch"] = spread(torch_r)
             row["ratio"] = row["ours"]["median"] / row["pytorch"]["median"]
         report["rows"].append(row)
-        log(f"{cell} {L}x{H} B={B} T={T}: ours {row['ours']['median']:,.0f} chars/s"
-            + (f", pytorch {row['pytorch']['median']:,.0f}, ratio {row['ratio']:.2f}" if use_torch else ""))
+        log(
+            f"{cell} {L}x{H} B={B} T={T}: ours {row['ours']['median']:,.0f} chars/s"
+            + (f", pytorch {row['pytorch']['median']:,.0f}, ratio {row['ratio']:.2f}" if use_torch else "")
+        )
 
     # sampling at hidden 512, one sample, one character at a time
     vocab = Vocab(tuple(chr(32 + i) for i in range(V)))
@@ -274,11 +276,15 @@ def main() -> None:
         print(f"{label:<26}{o['median']:>10,.0f} [{o['min']:,.0f}-{o['max']:,.0f}]{ptxt:>28}"
               f"{row.get('ratio', float('nan')):>8.2f}{row['fraction_of_bound']:>10.0%}")  # fmt: skip
     for cell, s in report["sampling"].items():
-        print(f"sampling {cell} 1x512, 1 sample: charrnn {s['ours']['median']:,.0f} chars/s"
-              + (f", pytorch {s['pytorch']['median']:,.0f}, ratio {s['ratio']:.2f}" if "pytorch" in s else ""))
+        print(
+            f"sampling {cell} 1x512, 1 sample: charrnn {s['ours']['median']:,.0f} chars/s"
+            + (f", pytorch {s['pytorch']['median']:,.0f}, ratio {s['ratio']:.2f}" if "pytorch" in s else "")
+        )
     for name, m in report["peak_rss_mib"].items():
-        print(f"peak RSS, training {name} B64 T100: charrnn {m['ours']:.0f} MiB"
-              + (f", pytorch {m['pytorch']:.0f} MiB" if "pytorch" in m else ""))
+        print(
+            f"peak RSS, training {name} B64 T100: charrnn {m['ours']:.0f} MiB"
+            + (f", pytorch {m['pytorch']:.0f} MiB" if "pytorch" in m else "")
+        )
     for row in report["rows"]:
         B, H, GH = row["batch"], row["hidden"], gates(row["cell"]) * row["hidden"]
         print(f"{row['cell']} {row['layers']}x{H} B{B}: {row['flops_per_char'] / 1e6:.2f} MFLOP/char; "

@@ -12,6 +12,7 @@ BLAS thread count as set.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -20,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from charrnn import CharRNN  # noqa: E402
-from charrnn.config import TrainConfig  # noqa: E402
-from charrnn.layers import (  # noqa: E402
+from charrnn import CharRNN
+from charrnn.config import TrainConfig
+from charrnn.layers import (
     affine_backward,
     affine_forward,
     aligned_copy,
@@ -31,7 +32,7 @@ from charrnn.layers import (  # noqa: E402
     onehot_affine_forward,
     softmax_cross_entropy,
 )
-from charrnn.optim import apply_update, clip_by_global_norm, init_state  # noqa: E402
+from charrnn.optim import apply_update, clip_by_global_norm, init_state
 
 
 def main() -> None:
@@ -82,7 +83,7 @@ def main() -> None:
         apply_update("adam", p, grads, state, 1e-3, it + 1, tc)
         mark("adam")
         if it >= 3:  # after warm-up
-            for (_, t0), (name, t1) in zip(marks, marks[1:], strict=False):
+            for (_, t0), (name, t1) in itertools.pairwise(marks):
                 totals[name] = totals.get(name, 0.0) + t1 - t0
     total = sum(totals.values())
     print(f"{a.cell} H{H} B{B} T{T} V{V}, float32, mean of {a.steps} steps")

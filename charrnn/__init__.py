@@ -6,7 +6,7 @@ starts without loading numpy.
 
 __version__ = "0.3.0.dev0"  # 0.3.0: the fixes of issue 18, docs/, charrnn tune, the GPU backend (CHANGELOG.md)
 
-__all__ = ["CharRNN", "one_hot", "sample", "__version__"]
+__all__ = ["CharRNN", "__version__", "one_hot", "sample"]
 
 _LAZY = {"CharRNN": "model", "one_hot": "layers", "sample": "sampling"}
 

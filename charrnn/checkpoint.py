@@ -133,8 +133,8 @@ class _Archive:
     def __contains__(self, key: str) -> bool:
         return key in self.members
 
-    def keys(self):
-        return list(self.members)
+    def __iter__(self):
+        return iter(list(self.members))
 
     def header(self, key: str) -> tuple[tuple[int, ...], np.dtype]:
         info = self.members[key]
@@ -153,7 +153,9 @@ class _Archive:
             raise CheckpointError(f"{self.path}: {key} is not in C order")
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if header_len + nbytes != info.file_size:
-            raise CheckpointError(f"{self.path}: {key} declares {nbytes} bytes but stores {info.file_size - header_len}")
+            raise CheckpointError(
+                f"{self.path}: {key} declares {nbytes} bytes but stores {info.file_size - header_len}"
+            )
         return tuple(shape), dtype
 
     def read(self, key: str, shape=None, dtype=None) -> np.ndarray:
@@ -211,7 +213,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
             dtype = np.dtype(DTYPES[config.model.dtype])
             params = {name: _finite(z.read(name, shape, dtype), name, p) for name, shape in shapes.items()}
             optim_state, h = {}, None
-            for key in z.keys():
+            for key in z:
                 if key.startswith("optim."):
                     slot_name = key[len("optim.") :]
                     pname = slot_name.partition(".")[2]
@@ -228,7 +230,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise
     except (ConfigError, DataError) as e:
         raise CheckpointError(f"{p} holds an invalid config or vocabulary: {e}") from None
-    except Exception as e:  # noqa: BLE001 -- any failure to parse an untrusted file means the file is bad
+    except Exception as e:  # any failure to parse an untrusted file means the file is bad
         raise CheckpointError(f"cannot read checkpoint {p}: {str(e) or type(e).__name__}") from None
     return Checkpoint(str(p), params, optim_state, h, meta)
 

@@ -16,7 +16,7 @@ import sys
 import time
 from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -144,7 +144,7 @@ def _user_errors():
         raise typer.Exit(1) from None
 
 
-def _positive(value: Optional[float]) -> Optional[float]:
+def _positive(value: float | None) -> float | None:
     if value is not None and not value > 0:
         raise typer.BadParameter(f"must be > 0, got {value}")
     return value
@@ -158,7 +158,7 @@ def _temperature(value: float) -> float:
     return value
 
 
-def _top_p(value: Optional[float]) -> Optional[float]:
+def _top_p(value: float | None) -> float | None:
     if value is not None and not 0 < value <= 1:
         raise typer.BadParameter(f"must lie in (0, 1], got {value}")
     return value
@@ -225,7 +225,7 @@ class _PrepareProgress:
         self._start = self._clock()
         self._bar = self._task = self._phase = None
 
-    def __call__(self, done: int, total: Optional[int], phase: str) -> None:
+    def __call__(self, done: int, total: int | None, phase: str) -> None:
         if self._bar is None:
             if not err.is_terminal or self._clock() - self._start < self.DELAY_S:
                 return
@@ -251,17 +251,20 @@ class _PrepareProgress:
 @app.command(cls=_Command)
 def prepare(
     input: Annotated[
-        Optional[str], typer.Argument(help="Text file to prepare, or - for standard input.", show_default=False)
+        str | None, typer.Argument(help="Text file to prepare, or - for standard input.", show_default=False)
     ] = None,
     corpus: Annotated[
-        Optional[str],
-        typer.Option("--corpus", help="A built-in corpus instead of INPUT: shakespeare, or one play: shakespeare:macbeth."),
+        str | None,
+        typer.Option(
+            "--corpus", help="A built-in corpus instead of INPUT: shakespeare, or one play: shakespeare:macbeth."
+        ),
     ] = None,
     out_dir: Annotated[
-        Optional[str], typer.Option("--out", help="Output folder.", show_default="data/<input stem>")
+        str | None, typer.Option("--out", help="Output folder.", show_default="data/<input stem>")
     ] = None,
     val_frac: Annotated[
-        float, typer.Option("--val-frac", callback=_fraction, help="Fraction of the text, at its end, kept for validation.")
+        float,
+        typer.Option("--val-frac", callback=_fraction, help="Fraction of the text, at its end, kept for validation."),
     ] = 0.1,
     encoding: Annotated[
         str, typer.Option("--encoding", help="Text encoding of INPUT (with utf-8, a UTF-16/32 byte-order mark wins).")
@@ -312,7 +315,7 @@ def prepare(
     err.print(table)
 
 
-def _overrides(values: Optional[list[str]]) -> Optional[list[str]]:
+def _overrides(values: list[str] | None) -> list[str] | None:
     """--set values must read key.path=value: a malformed one is a usage error (exit 2)."""
     from .config import ConfigError, parse_override
 
@@ -324,7 +327,7 @@ def _overrides(values: Optional[list[str]]) -> Optional[list[str]]:
     return values
 
 
-def _threads(n: Optional[int]) -> None:
+def _threads(n: int | None) -> None:
     """Limit the BLAS threads before the command imports numpy (see charrnn.threads); 0 or None: the default."""
     if n:
         from .threads import set_threads
@@ -334,10 +337,14 @@ def _threads(n: Optional[int]) -> None:
 
 
 ThreadsOpt = Annotated[
-    Optional[int],
-    typer.Option("--threads", min=0, metavar="N",
-                 help="Threads for the matrix products; 0 = every core (train: train.threads).",
-                 show_default="every core"),
+    int | None,
+    typer.Option(
+        "--threads",
+        min=0,
+        metavar="N",
+        help="Threads for the matrix products; 0 = every core (train: train.threads).",
+        show_default="every core",
+    ),
 ]
 
 
@@ -345,16 +352,21 @@ ThreadsOpt = Annotated[
 def train(
     config: Annotated[str, typer.Argument(help="YAML config file.", show_default=False)],
     overrides: Annotated[
-        Optional[list[str]],
-        typer.Option("--set", callback=_overrides, metavar="KEY=VALUE",
-                     help="Override a config value: key.path=value (repeatable)."),
+        list[str] | None,
+        typer.Option(
+            "--set",
+            callback=_overrides,
+            metavar="KEY=VALUE",
+            help="Override a config value: key.path=value (repeatable).",
+        ),
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from out_dir/last.npz.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Start over even if out_dir holds a run.")] = False,
     init_from: Annotated[
-        Optional[str],
-        typer.Option("--init-from", metavar="PATH",
-                     help="Fine-tune: start from this checkpoint or run folder (train.init_from)."),
+        str | None,
+        typer.Option(
+            "--init-from", metavar="PATH", help="Fine-tune: start from this checkpoint or run folder (train.init_from)."
+        ),
     ] = None,
     threads: ThreadsOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display, no samples.")] = False,
@@ -406,13 +418,13 @@ def train(
         if best and display.val_chars:
             best += (f" on the first {plural(display.val_chars, 'val character')} (train.eval_chars; "
                      f"`charrnn eval` scores the whole split)")  # fmt: skip
-        err.print(f"{how.get(result.status, result.status)} at step {result.step}{best}; checkpoints in {result.out_dir}",
-                  highlight=False)
+        err.print(
+            f"{how.get(result.status, result.status)} at step {result.step}{best}; checkpoints in {result.out_dir}",
+            highlight=False,
+        )
 
 
-def resume_command(
-    config: str, overrides: Optional[list[str]], init_from: Optional[str], threads: Optional[int]
-) -> str:
+def resume_command(config: str, overrides: list[str] | None, init_from: str | None, threads: int | None) -> str:
     """The shell command that continues this run: the same config and options, with --resume."""
     import shlex
 
@@ -423,7 +435,7 @@ def resume_command(
         words += ["--init-from", init_from]
     if threads is not None:
         words += ["--threads", str(threads)]
-    return shlex.join(words + ["--resume"])
+    return shlex.join([*words, "--resume"])
 
 
 class _TrainDisplay:
@@ -485,7 +497,7 @@ class _TrainDisplay:
         trained = info["elapsed_s"] - self.start_elapsed
         if self.time_limit is not None and trained > 0:
             left = min(left, max(self.time_limit - info["elapsed_s"], 0.0) * wall / trained)
-        left = int(round(left))
+        left = round(left)
         return f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
 
     def _render(self) -> None:
@@ -525,7 +537,9 @@ class _TrainDisplay:
             self.val = f"{info['val_loss']:.3f}"
             self.val_chars = info.get("val_chars", 0)
             if self.as_json:
-                record = {k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s")}
+                record = {
+                    k: info[k] for k in ("step", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s")
+                }
                 try:
                     print(json.dumps(record), flush=True)
                 except BrokenPipeError:  # `| head -1`: stop writing, and let the loop save and stop
@@ -547,7 +561,7 @@ class _TrainDisplay:
 def eval_(
     ckpt: CkptOpt,
     data: Annotated[
-        Optional[str], typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")
+        str | None, typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -575,25 +589,33 @@ def sample(
     ckpt: CkptOpt,
     n: Annotated[int, typer.Option("-n", "--chars", min=0, help="Characters to generate per sample.")] = 1000,
     temperature: Annotated[
-        float, typer.Option("--temperature", "-t", callback=_temperature, help="Softmax temperature (a finite number > 0).")
+        float,
+        typer.Option("--temperature", "-t", callback=_temperature, help="Softmax temperature (a finite number > 0)."),
     ] = 1.0,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", min=1, help="Keep only the K most likely characters.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", min=1, help="Keep only the K most likely characters.")] = None,
     top_p: Annotated[
-        Optional[float], typer.Option("--top-p", callback=_top_p, help="Keep the smallest set of likeliest characters with mass P.")
+        float | None,
+        typer.Option("--top-p", callback=_top_p, help="Keep the smallest set of likeliest characters with mass P."),
     ] = None,
-    prime: Annotated[Optional[str], typer.Option("--prime", help="Text to warm the state up on; - reads stdin.")] = None,
-    prime_file: Annotated[Optional[str], typer.Option("--prime-file", help="Read the prime text from a file.")] = None,
-    prime_echo: Annotated[bool, typer.Option("--prime-echo/--no-prime-echo", help="Print the prime before the text.")] = True,
+    prime: Annotated[str | None, typer.Option("--prime", help="Text to warm the state up on; - reads stdin.")] = None,
+    prime_file: Annotated[str | None, typer.Option("--prime-file", help="Read the prime text from a file.")] = None,
+    prime_echo: Annotated[
+        bool, typer.Option("--prime-echo/--no-prime-echo", help="Print the prime before the text.")
+    ] = True,
     unknown: Annotated[
         Unknown, typer.Option("--unknown", help="Prime characters outside the vocabulary: error or skip them.")
     ] = Unknown.error,
     argmax: Annotated[bool, typer.Option("--argmax", help="Always take the most likely character (greedy).")] = False,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed; the same seed gives the same text.")] = None,
-    num_samples: Annotated[int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, printed one after another.")] = 1,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed; the same seed gives the same text.")] = None,
+    num_samples: Annotated[
+        int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, printed one after another.")
+    ] = 1,
     separator: Annotated[str, typer.Option("--separator", help="Line printed between samples.")] = "---",
     stream: Annotated[
-        Optional[bool],
-        typer.Option("--stream/--no-stream", help="Print as generated (--no-stream: when done).", show_default="stream"),
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream", help="Print as generated (--no-stream: when done).", show_default="stream"
+        ),
     ] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -698,10 +720,10 @@ def plot(
     ],
     x: Annotated[XAxis, typer.Option("--x", help="Against steps, or training time.")] = XAxis.step,
     out_file: Annotated[
-        Optional[str], typer.Option("--out", metavar="FILE", help="Write a .png, .svg or .pdf instead of drawing here.")
+        str | None, typer.Option("--out", metavar="FILE", help="Write a .png, .svg or .pdf instead of drawing here.")
     ] = None,
     width: Annotated[
-        Optional[int], typer.Option("--width", min=20, metavar="N", help="Columns.", show_default="the terminal's")
+        int | None, typer.Option("--width", min=20, metavar="N", help="Columns.", show_default="the terminal's")
     ] = None,
     height: Annotated[int, typer.Option("--height", min=8, metavar="N", help="Rows.")] = 24,
 ) -> None:
@@ -736,7 +758,7 @@ def gradcheck(
     seed: SeedOpt = 0,
     tol: Annotated[float, typer.Option("--tol", min=0.0, help="Largest relative error that passes.")] = 1e-6,
     eps: Annotated[
-        Optional[float],
+        float | None,
         typer.Option("--eps", callback=_positive, help="Difference step.", show_default="1e-3, 1e-4 for relu"),
     ] = None,
     max_checks: Annotated[
@@ -755,8 +777,18 @@ def gradcheck(
         raise typer.BadParameter(f"--activation {activation.value} does not fit --cell {cell.value} (relu: rnn only)")
     with _user_errors():
         result = run_gradcheck(
-            vocab=vocab, hidden=hidden, layers=layers, batch=batch, seq=seq, cell=cell.value,
-            activation=activation.value, dropout=dropout, seed=seed, tol=tol, eps=eps, max_checks=max_checks or None,
+            vocab=vocab,
+            hidden=hidden,
+            layers=layers,
+            batch=batch,
+            seq=seq,
+            cell=cell.value,
+            activation=activation.value,
+            dropout=dropout,
+            seed=seed,
+            tol=tol,
+            eps=eps,
+            max_checks=max_checks or None,
         )
     if as_json:
         print(json.dumps(result.to_dict()))
@@ -768,7 +800,8 @@ def gradcheck(
             title=f"gradcheck: {s['cell']}"
             + (f" ({s['activation']})" if len(cell_class(s["cell"]).activations) > 1 else "")
             + f", {s['layers']} layer(s), V={s['vocab']} H={s['hidden']} B={s['batch']} T={s['seq']}"
-            + (f", dropout {s['dropout']:g}" if s["dropout"] else "") + f", float64, eps={result.eps:g}",
+            + (f", dropout {s['dropout']:g}" if s["dropout"] else "")
+            + f", float64, eps={result.eps:g}",
         )
         table.add_column("parameter")
         table.add_column("shape")
@@ -777,7 +810,10 @@ def gradcheck(
         table.add_column("result")
         for c in result.checks:
             table.add_row(
-                c.name, "x".join(map(str, c.shape)), str(c.checked), f"{c.max_rel_error:.2e}",
+                c.name,
+                "x".join(map(str, c.shape)),
+                str(c.checked),
+                f"{c.max_rel_error:.2e}",
                 "[green]pass[/]" if c.passed else "[bold red]FAIL[/]",
             )
         out.print(table)
@@ -788,6 +824,7 @@ def gradcheck(
             out.print(f"{at_kink} entries left out: their difference step crossed a relu kink (see --eps)")
     raise typer.Exit(0 if result.passed else 1)
 
+
 # `charrnn tune` ---------------------------------------------------------------
 # The command and its displays, in one block (the CLI's split into a package moves it as a whole).
 
@@ -796,34 +833,51 @@ def gradcheck(
 def tune(
     config: Annotated[str, typer.Argument(help="YAML config with a tune: section.", show_default=False)],
     trials: Annotated[
-        Optional[int],
-        typer.Option("--trials", min=1, metavar="N", help="The study's budget of complete and pruned trials.",
-                     show_default="tune.trials"),
+        int | None,
+        typer.Option(
+            "--trials",
+            min=1,
+            metavar="N",
+            help="The study's budget of complete and pruned trials.",
+            show_default="tune.trials",
+        ),
     ] = None,
     jobs: Annotated[
         int,
         typer.Option("--jobs", "-j", min=1, metavar="J", help="Worker processes here; each gets cores / J threads."),
     ] = 1,
     storage: Annotated[
-        Optional[str],
-        typer.Option("--storage", metavar="URL",
-                     help="Optuna storage: sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://..., or a journal "
-                          "file path.", show_default="out_dir/study.journal"),
+        str | None,
+        typer.Option(
+            "--storage",
+            metavar="URL",
+            help="Optuna storage: sqlite:///FILE, postgresql+psycopg://..., mysql+pymysql://..., or a journal "
+            "file path.",
+            show_default="out_dir/study.journal",
+        ),
     ] = None,
     study: Annotated[
-        Optional[str], typer.Option("--study", metavar="NAME", help="Study name in the storage.",
-                                    show_default="the config file's stem")
+        str | None,
+        typer.Option(
+            "--study", metavar="NAME", help="Study name in the storage.", show_default="the config file's stem"
+        ),
     ] = None,
     timeout: Annotated[
-        Optional[str], typer.Option("--timeout", metavar="DURATION", callback=_duration,
-                                    help="Start no trial after this long (90s, 10m, 1.5h); running ones finish.")
+        str | None,
+        typer.Option(
+            "--timeout",
+            metavar="DURATION",
+            callback=_duration,
+            help="Start no trial after this long (90s, 10m, 1.5h); running ones finish.",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search hyperparameters with Optuna: one training run per trial, on one machine or many."""
     import signal
 
-    from .tune import parse_duration, tune as run_tune
+    from .tune import parse_duration
+    from .tune import tune as run_tune
 
     seconds = parse_duration(timeout) if timeout is not None else None
     stop_signals = (signal.SIGINT, signal.SIGTERM)
@@ -858,7 +912,7 @@ def tune(
                   f"continue", highlight=False)  # fmt: skip
 
 
-def _duration(value: Optional[str]) -> Optional[str]:
+def _duration(value: str | None) -> str | None:
     """--timeout must read as a duration: otherwise a usage error (exit 2)."""
     if value is not None:
         from .tune import TuneError, parse_duration
@@ -882,7 +936,7 @@ def _duration_text(seconds) -> str:
         return "-"
     if seconds < 60:
         return f"{seconds:.1f}s"
-    s = int(round(seconds))
+    s = round(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 

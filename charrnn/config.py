@@ -111,7 +111,11 @@ NON_NEGATIVE = {
     "train.sample_chars", "train.seed", "train.threads",
 }  # fmt: skip
 UNIT_INTERVAL = {  # must lie in [0, 1)
-    "model.dropout", "train.momentum", "train.beta1", "train.beta2", "train.rms_decay",
+    "model.dropout",
+    "train.momentum",
+    "train.beta1",
+    "train.beta2",
+    "train.rms_decay",
 }
 FRACTION = {"train.min_lr_frac", "train.lr_decay"}  # must lie in [0, 1]
 
@@ -157,9 +161,11 @@ def _suggest(key: str) -> str:
     train.learning_rate), then the closest spelling at the same level.
     """
     name = key.rpartition(".")[2]
-    for guess in [k for k in valid_keys() if k.rpartition(".")[2] == name.lower()] + [
-        k for k in valid_keys() if k == key.lower()
-    ] + [FOREIGN_NAMES.get(name.lower())]:
+    for guess in (
+        [k for k in valid_keys() if k.rpartition(".")[2] == name.lower()]
+        + [k for k in valid_keys() if k == key.lower()]
+        + [FOREIGN_NAMES.get(name.lower())]
+    ):
         if guess and guess != key:
             return f"; did you mean '{guess}'?"
     if "." in key:
@@ -344,7 +350,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"no such config file: {path}" if not p.exists() else f"{path} is not a file")
     try:
-        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506, a SafeLoader
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # a SafeLoader
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not UTF-8 text") from None
     except OSError as e:

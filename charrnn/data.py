@@ -86,11 +86,11 @@ class Vocab:
         return {"chars": list(self.chars), "counts": list(self.counts) if self.counts is not None else None}
 
     @classmethod
-    def from_json(cls, d: dict) -> "Vocab":
+    def from_json(cls, d: dict) -> Vocab:
         counts = d.get("counts")
         return cls(tuple(d["chars"]), tuple(counts) if counts is not None else None)
 
-    def difference(self, other: "Vocab", mine: str = "the checkpoint", theirs: str = "the data") -> str:
+    def difference(self, other: Vocab, mine: str = "the checkpoint", theirs: str = "the data") -> str:
         """How two vocabularies differ, in words: the characters only one of them holds (two sorted
         vocabularies with the same characters are equal).
 
@@ -139,7 +139,7 @@ def _codec(encoding: str) -> codecs.CodecInfo:
         info = codecs.lookup(encoding)
     except LookupError:
         raise DataError(f"unknown encoding {encoding!r}") from None
-    except Exception as e:  # noqa: BLE001, a third-party codec search function
+    except Exception as e:  # a third-party codec search function
         raise DataError(f"unknown encoding {encoding!r} (looking it up raised {type(e).__name__}: {e})") from None
     # a package's search function may answer for any name (future-typing's does, with a codec that rewrites
     # Python source): take a codec the standard library does not know only when it calls itself by that name
@@ -173,7 +173,7 @@ def decode_bytes(raw: bytes, encoding: str = "utf-8", errors: str = "strict", so
         text = raw.decode(encoding, errors)
     except UnicodeDecodeError as e:
         raise _bad_bytes(source, encoding, raw[e.start], e.start, e.reason) from None
-    except Exception as e:  # noqa: BLE001, a broken third-party codec
+    except Exception as e:  # a broken third-party codec
         raise DataError(f"cannot decode {source} as {encoding}: {type(e).__name__}: {e}") from None
     if not isinstance(text, str):
         raise DataError(f"{encoding!r} is not a text encoding")
@@ -219,8 +219,9 @@ class _Input:
 
     From a str (units: characters) or a file (units: bytes; standard input, and any
     input that is not a regular file, such as a named pipe or a shell's `<(zcat
-    x.gz)`, is first spooled to an unnamed temporary file, since it can be read once). `encoding` is the encoding read, None for a
-    str; `bom_removed` whether a byte-order mark was dropped while decoding bytes.
+    x.gz)`, is first spooled to an unnamed temporary file, since it can be read
+    once). `encoding` is the encoding read, None for a str; `bom_removed` whether a
+    byte-order mark was dropped while decoding bytes.
     """
 
     def __init__(self, text: str | None = None, path: str | None = None, encoding: str = "utf-8",
@@ -253,7 +254,7 @@ class _Input:
     def _spool(self, stream):
         """An input that can be read only once: copy it, in chunks, to a temporary file deleted on close."""
         try:
-            f = tempfile.TemporaryFile()
+            f = tempfile.TemporaryFile()  # noqa: SIM115 -- kept open for both passes, closed by close()
         except OSError as e:
             raise DataError(f"cannot make a temporary file for {self.source}: {e.strerror or e}") from None
         try:
@@ -303,7 +304,7 @@ class _Input:
         self.encoding, self.bom_removed = encoding, self.bom_removed or skip > 0
         try:
             decoder = codec.incrementaldecoder(self.errors)
-        except Exception as e:  # noqa: BLE001, a broken third-party codec
+        except Exception as e:  # a broken third-party codec
             raise DataError(f"cannot decode {self.source} as {encoding}: {type(e).__name__}: {e}") from None
         offset, chunk = skip, chunk[skip:]  # offset: bytes of the input before chunk
         while chunk:
@@ -320,14 +321,14 @@ class _Input:
         try:
             state = decoder.getstate()
             held = len(state[0]) if isinstance(state, tuple) and isinstance(state[0], (bytes, bytearray)) else 0
-        except Exception:  # noqa: BLE001, a codec without a usable state
+        except Exception:  # a codec without a usable state
             held = 0
         try:
             text = decoder.decode(chunk, final)
         except UnicodeDecodeError as e:
             bad = e.object[e.start] if e.start < len(e.object) else 0
             raise _bad_bytes(self.source, encoding, bad, offset - held + e.start, e.reason) from None
-        except Exception as e:  # noqa: BLE001, a broken third-party codec
+        except Exception as e:  # a broken third-party codec
             raise DataError(f"cannot decode {self.source} as {encoding}: {type(e).__name__}: {e}") from None
         if not isinstance(text, str):
             raise DataError(f"{encoding!r} is not a text encoding")

@@ -46,7 +46,7 @@ class Origin:
         return dict(self.__dict__)
 
     @classmethod
-    def from_json(cls, d: dict) -> "Origin":
+    def from_json(cls, d: dict) -> Origin:
         return cls(str(d["path"]), int(d["step"]), str(d["data"]), int(d["shared"]), str(d["new"]),
                    str(d["dropped"]))  # fmt: skip
 

@@ -210,8 +210,16 @@ def gradcheck(
         checks.append(ParamCheck(name, tuple(arr.shape), int(valid.sum()), worst, bool(passed),
                                  int((~valid).sum())))  # fmt: skip
     settings = dict(
-        vocab=model.vocab_size, hidden=model.hidden_size, layers=model.num_layers, batch=batch, seq=seq,
-        cell=model.cell.name, activation=model.activation, dropout=model.dropout, seed=seed,
-        dtype=str(model.dtype), loss=loss,
+        vocab=model.vocab_size,
+        hidden=model.hidden_size,
+        layers=model.num_layers,
+        batch=batch,
+        seq=seq,
+        cell=model.cell.name,
+        activation=model.activation,
+        dropout=model.dropout,
+        seed=seed,
+        dtype=str(model.dtype),
+        loss=loss,
     )
     return GradcheckResult(checks, tol, eps, settings)

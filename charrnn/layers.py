@@ -36,7 +36,7 @@ def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
         raise TypeError(f"ids must be integers, got {ids.dtype}")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"ids must lie in [0, {vocab_size}), got range [{ids.min()}, {ids.max()}]")
-    out = np.zeros(ids.shape + (vocab_size,), dtype=dtype)
+    out = np.zeros((*ids.shape, vocab_size), dtype=dtype)
     np.put_along_axis(out, ids[..., None], 1, axis=-1)
     return out
 
@@ -104,7 +104,7 @@ def onehot_affine_forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, out: np
     into `out` if given (a C-contiguous array of that shape and W's dtype).
     """
     table = W + b  # (V, H): the bias added to the V rows, then one gather pass
-    shape = ids.shape + (W.shape[1],)
+    shape = (*ids.shape, W.shape[1])
     out = empty_aligned(shape, table.dtype) if out is None else _check_out(out, shape, table.dtype, W)
     if ids.size and (ids.min() < 0 or ids.max() >= W.shape[0]):
         raise IndexError(f"ids must lie in [0, {W.shape[0]})")
@@ -170,7 +170,7 @@ def affine_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray 
     (C-contiguous, that shape, W's dtype).
     """
     D, H = W.shape
-    shape = x.shape[:-1] + (H,)
+    shape = (*x.shape[:-1], H)
     dtype = np.result_type(x, W)
     out = empty_aligned(shape, dtype) if out is None else _check_out(out, shape, dtype, x, W, b)
     o2 = out.reshape(-1, H)  # (N, H), a view

@@ -158,7 +158,7 @@ class CharRNN:
     @classmethod
     def from_params(
         cls, params: dict[str, np.ndarray], cell: str = "rnn", activation: str = "tanh", dropout: float = 0.0
-    ) -> "CharRNN":
+    ) -> CharRNN:
         """Rebuild a model around existing parameters; sizes and dtype are read from them."""
         if "Why" not in params:
             raise ValueError("parameters lack 'Why'")
@@ -252,7 +252,7 @@ class CharRNN:
     def forward(self, x, h0=None):
         """Logits for every position of x (B, T): returns logits (B, T, V) and the last state (L, B, S)."""
         x = self._check_ids("x", x)
-        B, T = x.shape
+        B, _T = x.shape
         h0 = self._check_state(h0, B)
         hs, h_last, *_ = self._hidden_states(np.ascontiguousarray(x.T), h0)
         logits, _ = affine_forward(hs, self.params["Why"], self.params["by"])  # (T, B, V)
@@ -281,7 +281,7 @@ class CharRNN:
         logits += self.params["by"]
         return logits, h_new
 
-    def stepper(self, h) -> "Stepper":
+    def stepper(self, h) -> Stepper:
         """A `Stepper` continuing from state h (L, K, S): the fast path for generating text."""
         return Stepper(self, h)
 

@@ -121,7 +121,7 @@ def _y_range(curves: list[Curves]) -> tuple[float, float]:
     """The loss range to draw: every validation point and every training point after the first 5% of
     each run's, so that only the first steps (log V nats and more) can lie above it and be cut,
     never a later spike."""
-    kept = [v for c in curves for v in c.val_y + c.train_y[len(c.train_y) // 20:]]
+    kept = [v for c in curves for v in c.val_y + c.train_y[len(c.train_y) // 20 :]]
     lo, hi = min(kept), max(kept)
     pad = max(0.04 * (hi - lo), 0.02)  # a flat curve or a single point still gets a readable axis
     return lo - pad, hi + pad
@@ -136,7 +136,7 @@ def terminal_plot(curves: list[Curves], x: str = "step", width: int = 100, heigh
         raise PlotError(f"plotting in the terminal needs plotext: {PLOT_EXTRA}") from None
     span = _span(curves)
     label, div = _axis_label(x, span)
-    lo, hi = _y_range(curves)
+    _lo, hi = _y_range(curves)
     f = plt.figure
     f.clear()
     f.theme("simple" if color else "colorless")

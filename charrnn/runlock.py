@@ -80,7 +80,7 @@ class RunLock:
         self.fd: int | None = None
         self.unlocked: str | None = None  # why the run goes on without a lock (the file system has none)
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # never truncated before the lock is ours
             try:

@@ -24,10 +24,11 @@ the bytes of a request and `open_run` refuses one that cannot fit.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 
@@ -220,10 +221,8 @@ def iter_samples(
         size = min(g, K - start)
         rngs = sample_rngs(seed, size, start)
         stepper = model.stepper(np.repeat(h1, size, axis=1))
-        if prime:
-            logits = stepper.feed(np.full(size, last))  # (size, V)
-        else:  # nothing to start from: the zero state and a uniform first character
-            logits = np.zeros((size, V), dtype=model.dtype)
+        # (size, V); with nothing to start from, the zero state and a uniform first character
+        logits = stepper.feed(np.full(size, last)) if prime else np.zeros((size, V), dtype=model.dtype)
         if size == 1 and not decoding.filtered:
             pieces = _pieces_one(stepper, logits[0], n, rngs[0], decoding.temperature, decoding.argmax, chars)
             yield start, ""
@@ -342,10 +341,8 @@ def available_memory() -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     if not bounds:
-        try:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
             bounds.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (AttributeError, OSError, ValueError):
-            pass
     cgroups = (("memory.max", "memory.current"), ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"))
     for limit, usage in cgroups:  # v2, then v1
         room = _cgroup_room(limit, usage)

@@ -40,9 +40,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -210,7 +211,7 @@ class TrainState:
         }  # fmt: skip
 
     @classmethod
-    def from_json(cls, meta: dict) -> "TrainState":
+    def from_json(cls, meta: dict) -> TrainState:
         pos = meta.get("position", {})
         return cls(
             step=int(meta["step"]), epoch=int(pos.get("epoch", 0)), window=int(pos.get("window", 0)),
@@ -244,7 +245,7 @@ def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, ds: Dataset) -> d
     Returns the data's fingerprint. Raises TrainError saying what differs; for other
     data, it points to fine-tuning (--init-from), the way to go on training on it.
     """
-    diffs = model_differences(ckpt.config.model, cfg.model, ARCHITECTURE + ("dtype",))
+    diffs = model_differences(ckpt.config.model, cfg.model, (*ARCHITECTURE, "dtype"))
     if diffs:
         raise TrainError(f"cannot resume {ckpt.path}: the architecture differs ({'; '.join(diffs)})")
     to_new_text = (f"to go on training this model on the new text, fine-tune it: --init-from {ckpt.path} "
@@ -266,7 +267,9 @@ def check_compatible(cfg: Config, ckpt: checkpoint.Checkpoint, ds: Dataset) -> d
                    for split, key in (("train", "train_chars"), ("val", "val_chars"))
                    if then.get(key) is not None and then[key] != now[key]]  # fmt: skip
         if "text_chars" in then:
-            changes.append(f"{plural(then['text_chars'], 'character')} then, {now['train_chars'] + now['val_chars']:,} now")
+            changes.append(
+                f"{plural(then['text_chars'], 'character')} then, {now['train_chars'] + now['val_chars']:,} now"
+            )
         raise TrainError(
             f"cannot resume {ckpt.path}: {cfg.data} no longer holds the text this run trained on "
             f"({'; '.join(changes) or 'the same sizes, other content'}), and its best loss and best.npz belong to "
@@ -355,9 +358,9 @@ def _check_sizes(cfg: Config, ds: Dataset) -> int:
     n_windows = windows_per_epoch(len(ds.train), B, T)
     if n_windows < 1:  # each of the B streams needs T inputs, and the last input its next character
         raise TrainError(
-            f"the training split ({plural(len(ds.train), 'character')}) is too short for batch_size {B} x seq_length {T}, "
-            f"which needs at least {B * T + 1:,} (B x T inputs and the next character of the last); "
-            f"lower them or prepare a longer text"
+            f"the training split ({plural(len(ds.train), 'character')}) is too short for "
+            f"batch_size {B} x seq_length {T}, which needs at least {B * T + 1:,} (B x T inputs and the next "
+            f"character of the last); lower them or prepare a longer text"
         )
     if len(ds.val) - 1 < T:  # a window of T inputs and their T next characters
         raise TrainError(
@@ -441,9 +444,9 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
                  "init_from": st.init_from and finetune.Origin.from_json(st.init_from).describe(),
                  "notes": notes + run.notes})  # fmt: skip
     status = "done"
-    if st.init_from and not st.history:  # a fine-tuned run scores its starting point: the "before" of the curve
-        if ev.evaluate(learning_rate(0, tc), 0.0):
-            status = "early_stop"
+    # a fine-tuned run scores its starting point: the "before" of the curve
+    if st.init_from and not st.history and ev.evaluate(learning_rate(0, tc), 0.0):
+        status = "early_stop"
     run_start = time.perf_counter()
     base_elapsed = st.elapsed
     interval_start, interval_chars = time.perf_counter(), 0

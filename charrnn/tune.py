@@ -40,6 +40,7 @@ Optuna is imported here only, through `_optuna()`; without it, TuneError says wh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -49,14 +50,25 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from .config import _DURATION, OTHER_SECTIONS, Config, ConfigError, _check_range, _coerce, _suggest, from_dict
-from .config import read_yaml, valid_keys
+from .config import (
+    _DURATION,
+    OTHER_SECTIONS,
+    Config,
+    ConfigError,
+    _check_range,
+    _coerce,
+    _suggest,
+    from_dict,
+    read_yaml,
+    valid_keys,
+)
 from .errors import CharRNNError, plural
 
 TUNE_EXTRA = 'pip install -e ".[tune]"'
@@ -99,7 +111,7 @@ class Range:
         step = self.step or (1 if self.integer else None)
         if step is None:
             raise TuneError("a float range without a step has no list of values")
-        n = int(math.floor((self.high - self.low) / step + 1e-9)) + 1
+        n = math.floor((self.high - self.low) / step + 1e-9) + 1
         vals = [self.low + i * step for i in range(n)]
         return [int(v) for v in vals] if self.integer else [round(v, 12) for v in vals]
 
@@ -612,8 +624,10 @@ class _Worker:
         try:
             params = {key: _suggest_value(trial, key, dim) for key, dim in study.spec.space.items()}
         except ValueError as e:  # the study holds trials of another list or scale for a key
-            raise _SpaceChanged(f"the study {study.name!r} was run with another tune.space ({e}); a list of values "
-                                f"or a log setting cannot change within a study: use --study NEWNAME") from None
+            raise _SpaceChanged(
+                f"the study {study.name!r} was run with another tune.space ({e}); a list of values "
+                f"or a log setting cannot change within a study: use --study NEWNAME"
+            ) from None
         folder = (study.out_dir / TRIALS_DIR / str(trial.number)).absolute()
         for key, value in {"host": socket.gethostname(), "pid": os.getpid(), "worker": self.worker,
                            "run": str(folder)}.items():  # fmt: skip
@@ -921,10 +935,8 @@ def _take_slot(out_dir: Path) -> tuple[int, _LocalLock]:
 
 
 def _signal(p: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, OSError):
         p.send_signal(sig)
-    except (ProcessLookupError, OSError):
-        pass
 
 
 def _signal_name(n: int) -> str:

@@ -165,7 +165,7 @@ def test_parameter_names_and_state_shape(cell):
     assert m.params["layers.0.Wxh"].shape == (13, G * 8) and m.params["layers.1.Wxh"].shape == (8, G * 8)
     assert {k: v.shape for k, v in m.params.items()} == param_shapes(13, 8, 2, cell)
     x = np.zeros((2, 5), dtype=int)
-    loss, grads, h = m.loss_and_grads(x, x)
+    _loss, grads, h = m.loss_and_grads(x, x)
     assert list(grads) == list(m.params) and h.shape == (2, 2, m.state_size) == m.initial_state(2).shape
     with pytest.raises(ValueError, match="h0"):
         m.loss(x, x, h0=np.zeros((2, 2, 8 if cell == "lstm" else 16)))
@@ -216,7 +216,7 @@ def test_dropout_acts_in_training_only(cell):
     # without a generator nothing is dropped: evaluation, and loss_and_grads without rng
     assert m.loss(x, y)[0] == plain.loss(x, y)[0] == m.loss_and_grads(x, y)[0]
     l1, g1, h1 = m.loss_and_grads(x, y, rng=np.random.default_rng(7))
-    l2, g2, h2 = m.loss_and_grads(x, y, rng=np.random.default_rng(7))
+    l2, g2, _h2 = m.loss_and_grads(x, y, rng=np.random.default_rng(7))
     l3 = m.loss_and_grads(x, y, rng=np.random.default_rng(8))[0]
     assert l1 == l2 and l1 != l3 and l1 != plain.loss(x, y)[0]
     assert all(np.array_equal(g1[k], g2[k]) for k in g1)

@@ -149,8 +149,21 @@ def test_live_line_at_80_columns_keeps_step_bar_loss_val_and_gradient_norm(monke
 
     d, buf, console = _display(80)
     monkeypatch.setattr(cli, "err", console)
-    d("start", {"step": 0, "max_steps": 2000, "resumed": False, "model": "rnn 1 x 512", "params": 1,
-                "out_dir": "runs/x", "vocab_size": 65, "windows_per_epoch": 10, "time_limit": None, "elapsed_s": 0.0})
+    d(
+        "start",
+        {
+            "step": 0,
+            "max_steps": 2000,
+            "resumed": False,
+            "model": "rnn 1 x 512",
+            "params": 1,
+            "out_dir": "runs/x",
+            "vocab_size": 65,
+            "windows_per_epoch": 10,
+            "time_limit": None,
+            "elapsed_s": 0.0,
+        },
+    )
     step = {"step": 1234, "max_steps": 2000, "loss": 1.5, "smooth_loss": 1.456, "lr": 1.2e-3, "grad_norm": 0.47,
             "chars_per_sec": 12345.0, "epoch": 1, "elapsed_s": 60.0}  # fmt: skip
     d("step", step)
@@ -172,8 +185,21 @@ def test_eta_is_the_nearer_of_the_last_step_and_the_time_limit(monkeypatch):
     monkeypatch.setattr(cli, "err", console)
     clock = iter([100.0, 200.0])
     monkeypatch.setattr("time.perf_counter", lambda: next(clock))
-    d("start", {"step": 0, "max_steps": 1000, "resumed": False, "model": "m", "params": 1, "out_dir": "o",
-                "vocab_size": 5, "windows_per_epoch": 1, "time_limit": 300.0, "elapsed_s": 0.0})
+    d(
+        "start",
+        {
+            "step": 0,
+            "max_steps": 1000,
+            "resumed": False,
+            "model": "m",
+            "params": 1,
+            "out_dir": "o",
+            "vocab_size": 5,
+            "windows_per_epoch": 1,
+            "time_limit": 300.0,
+            "elapsed_s": 0.0,
+        },
+    )
     # after 100 s (all training) at step 100: 900 steps would take 900 s, the limit leaves 200 s
     assert d._eta({"step": 100, "max_steps": 1000, "elapsed_s": 100.0}) == "0:03:20"
     d.time_limit = None
@@ -190,8 +216,10 @@ def test_threads_are_set_through_the_environment_before_numpy_loads():
             "print(how, os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)")  # fmt: skip
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.split() == ["env", "1", "False"], r.stderr
-    code = ("import numpy, threadpoolctl; from charrnn.threads import set_threads; print(set_threads(1)); "
-            "print({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'})")
+    code = (
+        "import numpy, threadpoolctl; from charrnn.threads import set_threads; print(set_threads(1)); "
+        "print({i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas'})"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if "No module named 'threadpoolctl'" in r.stderr:
         return  # the optional extra is not installed here: the next test covers that case
@@ -252,8 +280,22 @@ def test_a_fine_tune_step_0_evaluation_shows_no_speed_and_notes_are_shown_even_w
 
     d, buf, console = _display(120)
     monkeypatch.setattr(cli, "err", console)
-    d("start", {"step": 0, "max_steps": 20, "resumed": False, "model": "rnn 1 x 8", "params": 1, "out_dir": "o",
-                "vocab_size": 1, "windows_per_epoch": 1, "time_limit": None, "elapsed_s": 0.0, "notes": ["N1"]})
+    d(
+        "start",
+        {
+            "step": 0,
+            "max_steps": 20,
+            "resumed": False,
+            "model": "rnn 1 x 8",
+            "params": 1,
+            "out_dir": "o",
+            "vocab_size": 1,
+            "windows_per_epoch": 1,
+            "time_limit": None,
+            "elapsed_s": 0.0,
+            "notes": ["N1"],
+        },
+    )
     d("eval", {"step": 0, "train_loss": None, "val_loss": 1.5, "val_bpc": 2.1, "chars_per_sec": 0.0,
                "elapsed_s": 0.0})  # fmt: skip
     d.progress.stop()

@@ -57,15 +57,16 @@ def test_overrides_are_validated_too(tmp_path):
     p.write_text("data: d\n")
     cfg = load_config(p, ["train.max_steps=7", "model.activation=relu", "out_dir=x"])
     assert cfg.train.max_steps == 7 and cfg.model.activation == "relu" and cfg.out_dir == "x"
-    with pytest.raises(ConfigError, match="did you mean 'train.max_steps'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'train.max_steps'"):
         load_config(p, ["train.max_step=7"])
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match=r"key.path=value"):
         apply_overrides({}, ["train.max_steps"])
 
 
 @pytest.mark.parametrize(
     "content, message",
-    [("- a\n- b\n", "mapping"), ("data: [unclosed\n", "not valid YAML"), ("!!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
+    [("- a\n- b\n", "mapping"), ("data: [unclosed\n", "not valid YAML"),
+     ("!!python/object/apply:os.system ['echo hi']\n", "not valid YAML"),
      ("train:\n  learning_rate: 0.1\n  batch_size: 4\n  learning_rate: 0.2\n",
       "line 4, column 3: duplicate key 'learning_rate' (first at line 2)"),
      ("model:\n  hidden_size: 8\nmodel:\n  num_layers: 2\n", "duplicate key 'model'")],
@@ -123,5 +124,5 @@ def test_choices_are_read_in_any_letter_case():
 def test_no_setting_takes_an_infinite_or_nan_number(tmp_path, value):
     path = tmp_path / "c.yaml"
     path.write_text(f"data: d\ntrain:\n  sample_temperature: {value}\n")
-    with pytest.raises(ConfigError, match="train.sample_temperature must be a finite number"):
+    with pytest.raises(ConfigError, match=r"train.sample_temperature must be a finite number"):
         load_config(path)

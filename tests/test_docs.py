@@ -73,10 +73,12 @@ def test_the_config_reference_check_catches_drift():
     problems = config_doc_problems(text, changed, keys)
     assert any(p.startswith("model.hidden_size: documented default 256") for p in problems), problems
     assert any(p.startswith("train.learning_rate: documented default 0.002") for p in problems), problems
-    assert any("train.new_key: missing" in p for p in config_doc_problems(text, Config(), keys + ["train.new_key"]))
+    assert any("train.new_key: missing" in p for p in config_doc_problems(text, Config(), [*keys, "train.new_key"]))
     typed = text.replace("dropout: 0.0 ", "dropout: 0   ", 1)  # 0 is an int, the default a float
     assert any(p.startswith("model.dropout:") for p in config_doc_problems(typed, Config(), keys))
-    assert any("no comment" in p for p in config_doc_problems(text.replace("  # H: units per layer", ""), Config(), keys))
+    assert any(
+        "no comment" in p for p in config_doc_problems(text.replace("  # H: units per layer", ""), Config(), keys)
+    )
 
 
 MARKDOWN = [ROOT / "README.md", ROOT / "CHANGELOG.md", *sorted(DOCS.glob("*.md"))]

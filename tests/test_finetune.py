@@ -155,6 +155,6 @@ def test_init_from_a_checkpoint_that_the_new_run_would_replace_is_refused(tmp_pa
     pre = _pretrain(tmp_path / "pre", data_dir)  # out_dir tmp_path / "pre" / "run"
     cfg = load_config(_config(tmp_path / "pre", data_dir, max_steps=10, eval_every=10))
     cfg.train.init_from = str(pre)
-    with pytest.raises(TrainError, match="is a checkpoint of out_dir .* which a new run replaces"):
+    with pytest.raises(TrainError, match=r"is a checkpoint of out_dir .* which a new run replaces"):
         train(cfg, force=True)
     assert checkpoint.load(pre / "best.npz").step == 40  # untouched

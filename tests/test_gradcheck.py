@@ -10,7 +10,17 @@ from charrnn.gradcheck import gradcheck
 
 EXPECTED = {
     1: ["layers.0.Wxh", "layers.0.Whh", "layers.0.bh", "Why", "by", "h0"],
-    2: ["layers.0.Wxh", "layers.0.Whh", "layers.0.bh", "layers.1.Wxh", "layers.1.Whh", "layers.1.bh", "Why", "by", "h0"],
+    2: [
+        "layers.0.Wxh",
+        "layers.0.Whh",
+        "layers.0.bh",
+        "layers.1.Wxh",
+        "layers.1.Whh",
+        "layers.1.bh",
+        "Why",
+        "by",
+        "h0",
+    ],
 }
 
 
@@ -31,7 +41,7 @@ def test_the_problem_has_a_nonzero_state_and_masked_positions():
     from charrnn.gradcheck import make_problem
 
     m = CharRNN(5, 4, 2, dtype=np.float64)
-    x, y, h0, mask = make_problem(m, 3, 7, np.random.default_rng(0))
+    _x, _y, h0, mask = make_problem(m, 3, 7, np.random.default_rng(0))
     assert np.abs(h0).min() > 0
     assert (mask == 0).any() and mask[:, 3].sum() == 0 and mask[:, 4].sum() == 3
 

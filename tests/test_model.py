@@ -29,7 +29,7 @@ def test_parameter_names_and_shapes_are_the_contract():
     assert m.params["by"].shape == (13,)
     assert {k: v.shape for k, v in m.params.items()} == param_shapes(13, 8, 3)
     x, y = batch(np.random.default_rng(0), 13, 2, 5)
-    loss, grads, h = m.loss_and_grads(x, y)
+    _loss, grads, h = m.loss_and_grads(x, y)
     assert list(grads) == list(m.params)
     assert all(grads[k].shape == m.params[k].shape for k in grads)
     assert h.shape == (3, 2, 8)
@@ -164,8 +164,9 @@ def test_a_tiny_model_memorises_a_repeated_string_with_plain_sgd():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(vocab_size=0, hidden_size=4), dict(vocab_size=4, hidden_size=-1), dict(vocab_size=4, hidden_size=4, num_layers=0),
-     dict(vocab_size=4, hidden_size=4, activation="sigmoid"), dict(vocab_size=4, hidden_size=4, dtype=np.int32)],
+    [dict(vocab_size=0, hidden_size=4), dict(vocab_size=4, hidden_size=-1),
+     dict(vocab_size=4, hidden_size=4, num_layers=0), dict(vocab_size=4, hidden_size=4, activation="sigmoid"),
+     dict(vocab_size=4, hidden_size=4, dtype=np.int32)],
 )  # fmt: skip
 def test_bad_architecture_is_rejected(kwargs):
     with pytest.raises(ValueError):
@@ -235,7 +236,7 @@ def test_reused_work_arrays_change_no_result():
     rng = np.random.default_rng(5)
     batches = [(rng.integers(0, 9, (B, T)), rng.integers(0, 9, (B, T))) for B, T in ((3, 5), (3, 5), (2, 7))]
     x0, y0 = batches[0]
-    loss0, cache0, _ = m.forward_loss(x0, y0)
+    _loss0, cache0, _ = m.forward_loss(x0, y0)
     for x, y in batches:
         loss, grads, h = m.loss_and_grads(x, y)
         ref_loss, cache, ref_h = m.forward_loss(x, y)

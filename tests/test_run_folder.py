@@ -151,7 +151,7 @@ def test_sigterm_saves_and_exits_143_with_the_resume_command(tmp_path, data_dir)
     wait_for(tmp_path / "run" / "last.npz")
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
     assert "Traceback" not in err and "stopped by SIGTERM at step" in err
     step = checkpoint.load(tmp_path / "run" / "last.npz").step
@@ -223,7 +223,7 @@ def test_a_file_system_without_locks_trains_unlocked_and_says_so(tmp_path, data_
 
 def test_a_refused_new_run_leaves_no_empty_folder(tmp_path, data_dir):
     cfg = load_config(write_config(tmp_path, data_dir, max_steps=4, init_from=tmp_path / "missing.npz"))
-    with pytest.raises(CharRNNError, match="missing.npz"):
+    with pytest.raises(CharRNNError, match=r"missing.npz"):
         train(cfg)
     assert not (tmp_path / "run").exists()
 

@@ -1,6 +1,7 @@
 """Bad input, faults and untrusted files: clear errors, nothing lost, nothing executed."""
 
 import codecs
+import contextlib
 import io
 import json
 import os
@@ -295,9 +296,11 @@ config_like = st.fixed_dictionaries(
     {},
     optional={
         "data": yaml_values, "out_dir": yaml_values,
-        "model": st.dictionaries(st.sampled_from(["hidden_size", "num_layers", "activation", "dtype", "hiden"]), yaml_values),
-        "train": st.dictionaries(st.sampled_from(["batch_size", "learning_rate", "time_limit", "optimizer", "eval_chars",
-                                                  "random_offset", "max_steps", "weight_decay"]), yaml_values),
+        "model": st.dictionaries(st.sampled_from(["hidden_size", "num_layers", "activation", "dtype", "hiden"]),
+                                 yaml_values),
+        "train": st.dictionaries(st.sampled_from(["batch_size", "learning_rate", "time_limit", "optimizer",
+                                                  "eval_chars", "random_offset", "max_steps", "weight_decay"]),
+                                 yaml_values),
     },
 )  # fmt: skip
 
@@ -310,10 +313,8 @@ def test_config_loader_raises_only_config_errors(tmp_path, doc, raw):
     p = tmp_path / "fuzz.yaml"
     for content in (yaml.safe_dump(doc, allow_unicode=True), raw):
         p.write_text(content, encoding="utf-8")
-        try:
+        with contextlib.suppress(ConfigError):
             load_config(p)
-        except ConfigError:
-            pass
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -343,7 +344,9 @@ def test_checkpoint_loader_on_damaged_real_checkpoints(tmp_path, ckpt_file, data
         return
     # a flip in the data area can leave a valid checkpoint: then it has every array at its shape
     mc = ck.config.model
-    assert {k: v.shape for k, v in ck.params.items()} == param_shapes(ck.vocab.size, mc.hidden_size, mc.num_layers, mc.cell)
+    assert {k: v.shape for k, v in ck.params.items()} == param_shapes(
+        ck.vocab.size, mc.hidden_size, mc.num_layers, mc.cell
+    )
 
 
 # ----------------------------------------------------------------------------- nothing lost (real processes)
@@ -394,7 +397,7 @@ def test_ctrl_c_saves_and_exits_130_with_the_command_that_resumes_this_run(tmp_p
     proc.send_signal(signal.SIGINT)
     time.sleep(0.01)
     proc.send_signal(signal.SIGINT)  # a second Ctrl-C while it saves
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     ck = checkpoint.load(last)

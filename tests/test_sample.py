@@ -121,7 +121,9 @@ def test_cli_num_samples_json_and_separator(run_dir):
     assert r.exit_code == 0
     d = json.loads(r.stdout)
     assert len(d["samples"]) == 3 and all(len(s) == 20 for s in d["samples"]) and d["seed"] == 1
-    r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "20", "--seed", "1", "-k", "2", "--separator", "=="])
+    r = runner.invoke(
+        app, ["sample", "--ckpt", str(run_dir), "-n", "20", "--seed", "1", "-k", "2", "--separator", "=="]
+    )
     assert r.stdout.split("\n==\n")[0] == d["samples"][0]
 
 
@@ -390,10 +392,10 @@ def test_sampling_into_a_pipe_streams_and_ends_with_the_reader(run_dir):
 
 def test_streamed_samples_equal_the_printed_when_done_ones(run_dir):
     args = ["sample", "--ckpt", str(run_dir), "-n", "300", "-k", "3", "--seed", "4", "--prime", "the "]
-    streamed = runner.invoke(app, args + ["--stream"])
-    at_end = runner.invoke(app, args + ["--no-stream"])
+    streamed = runner.invoke(app, [*args, "--stream"])
+    at_end = runner.invoke(app, [*args, "--no-stream"])
     assert streamed.exit_code == 0 and streamed.stdout == at_end.stdout
-    d = json.loads(runner.invoke(app, args + ["--json"]).stdout)
+    d = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
     assert streamed.stdout == "\n---\n".join(d["samples"]) + "\n"
     r = runner.invoke(app, ["sample", "--ckpt", str(run_dir), "-n", "0", "-k", "2", "--no-prime-echo", "--seed", "1"])
     assert r.stdout == "\n---\n\n"  # empty samples still show their separator

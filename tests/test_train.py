@@ -21,7 +21,7 @@ def test_windows_continue_each_stream():
     S = 100 // B  # 25 characters per stream
     assert windows_per_epoch(len(ids), B, T) == 5
     x0, y0 = train_window(ids, B, T, 0)
-    x1, y1 = train_window(ids, B, T, 1)
+    x1, _y1 = train_window(ids, B, T, 1)
     np.testing.assert_array_equal(x0[:, 0], np.arange(B) * S)  # streams start S apart
     np.testing.assert_array_equal(x1[:, 0], x0[:, -1] + 1)  # the next window continues each stream
     np.testing.assert_array_equal(y0, x0 + 1)  # targets are the next characters
@@ -57,7 +57,11 @@ def test_training_learns_and_writes_checkpoints(tmp_path, data_dir):
     assert (run / "last.npz").is_file() and (run / "best.npz").is_file()
     recs = records(run)
     assert [r["step"] for r in recs] == [20, 40, 60]
-    assert recs[-1]["val_loss"] < recs[0]["val_loss"] < np.log(len(json.loads((data_dir / "vocab.json").read_text())["chars"]))
+    assert (
+        recs[-1]["val_loss"]
+        < recs[0]["val_loss"]
+        < np.log(len(json.loads((data_dir / "vocab.json").read_text())["chars"]))
+    )
     assert set(recs[0]) >= {"step", "train_loss", "val_loss", "val_bpc", "chars_per_sec", "elapsed_s"}
     assert events[0] == "start" and events[-1] == "end" and events.count("eval") == 3
     ck = checkpoint.load(run / "last.npz")
@@ -80,7 +84,8 @@ def params_of(path):
 
 
 @pytest.mark.parametrize(
-    "schedule, batch, seq", [("constant", 4, 16), ("cosine", 4, 16), ("cosine", 8, 64)]  # the last wraps 5 epochs
+    "schedule, batch, seq",
+    [("constant", 4, 16), ("cosine", 4, 16), ("cosine", 8, 64)],  # the last wraps 5 epochs
 )
 def test_resume_is_exact(tmp_path, data_dir, schedule, batch, seq):
     kw = dict(max_steps=30, eval_every=7, lr_schedule=schedule, batch_size=batch, seq_length=seq)
@@ -165,7 +170,7 @@ def test_resume_refuses_a_different_architecture(tmp_path, data_dir):
     with pytest.raises(TrainError, match="hidden_size: checkpoint 16, config 8"):
         train(cfg, resume=True)
     cfg.model.hidden_size, cfg.model.cell = 16, "lstm"
-    with pytest.raises(TrainError, match="model.cell: checkpoint 'rnn', config 'lstm'"):
+    with pytest.raises(TrainError, match=r"model.cell: checkpoint 'rnn', config 'lstm'"):
         train(cfg, resume=True)
 
 
@@ -301,7 +306,7 @@ def test_a_new_run_starts_its_logs_afresh(tmp_path, data_dir):
     assert [r["step"] for r in records(run)] == [10]
 
 
-# ----------------------------------------------------------------------------- issue 18: numbers that mean what they say
+# ------------------------------------------------------------------------- issue 18: numbers that mean what they say
 
 
 def test_the_training_loss_of_an_evaluation_is_the_mean_of_the_steps_since_the_previous_one(tmp_path, data_dir):
@@ -332,8 +337,12 @@ def test_a_stopped_and_resumed_run_reports_the_same_training_loss(tmp_path, data
     train(cfg)
     whole = records(tmp_path / "run")
     steps = []
-    train(cfg, force=True, should_stop=lambda: len(steps) >= 14,
-          callback=lambda k, i: steps.append(1) if k == "step" else None)  # stopped mid-interval, at step 14
+    train(
+        cfg,
+        force=True,
+        should_stop=lambda: len(steps) >= 14,
+        callback=lambda k, i: steps.append(1) if k == "step" else None,
+    )  # stopped mid-interval, at step 14
     train(cfg, resume=True)
     assert [r["train_loss"] for r in records(tmp_path / "run")] == [r["train_loss"] for r in whole]
 

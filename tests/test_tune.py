@@ -119,7 +119,7 @@ def test_space_errors_name_the_key(tune, message):
 def test_tune_section_is_ignored_by_train_and_checked_against_the_config(tmp_path, text_dir):
     path = tune_config(tmp_path, text_dir, "space:\n  model.activation: [tanh, relu]", model={"cell": "lstm"})
     assert load_config(path).model.cell == "lstm"  # `charrnn train` reads the same file
-    with pytest.raises(ConfigError, match="tune.space.model.activation: 'relu' does not fit the config.*lstm"):
+    with pytest.raises(ConfigError, match=r"tune.space.model.activation: 'relu' does not fit the config.*lstm"):
         tune_mod.load_study_config(str(path))
     path.write_text(path.read_text().replace("tune:", "tunes:"))
     with pytest.raises(ConfigError, match="did you mean 'tune'"):
@@ -157,8 +157,10 @@ def test_study_with_two_workers_completes_every_trial_once(tmp_path, text_dir):
     trials = study_trials(str(tmp_path / "run" / "study.journal"))
     assert_budget_met(trials, 6)
     assert not [t for t in trials if t.state.name == "FAIL"]
-    assert sorted(p.name for p in (tmp_path / "run" / "tune-logs").glob("worker-*.log")) == ["worker-0.log",
-                                                                                           "worker-1.log"]
+    assert sorted(p.name for p in (tmp_path / "run" / "tune-logs").glob("worker-*.log")) == [
+        "worker-0.log",
+        "worker-1.log",
+    ]
     assert all(isinstance(t.params["model.hidden_size"], int) for t in trials)
     best = min((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
     assert result["best"]["number"] == best.number
@@ -259,8 +261,11 @@ def test_trial_gives_the_result_of_charrnn_train(tmp_path, text_dir):
                        threads=1, random_offset="true", max_steps=80)  # fmt: skip
     r = runner.invoke(app, ["tune", str(path)])
     assert r.exit_code == 0, r.stderr
-    train = subprocess.run([sys.executable, "-m", "charrnn", "train", str(tmp_path / "run" / "best.yaml"), "-q"],
-                           capture_output=True, text=True)  # a fresh process: train.threads applies before numpy
+    train = subprocess.run(
+        [sys.executable, "-m", "charrnn", "train", str(tmp_path / "run" / "best.yaml"), "-q"],
+        capture_output=True,
+        text=True,
+    )  # a fresh process: train.threads applies before numpy
     assert train.returncode == 0, train.stderr
 
     def losses(run):

@@ -29,12 +29,22 @@ from charrnn.train import train  # noqa: E402
 with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     prepare(VERSE * 30, tmp / "data", val_frac=0.1)
-    cfg = from_dict({
-        "data": str(tmp / "data"), "out_dir": str(tmp / "run"),
-        "model": {"hidden_size": 8, "num_layers": 2},
-        "train": {"batch_size": 4, "seq_length": 16, "max_steps": 12, "eval_every": 6, "learning_rate": 0.01,
-                  "warmup_steps": 2, "sample_chars": 0},
-    })
+    cfg = from_dict(
+        {
+            "data": str(tmp / "data"),
+            "out_dir": str(tmp / "run"),
+            "model": {"hidden_size": 8, "num_layers": 2},
+            "train": {
+                "batch_size": 4,
+                "seq_length": 16,
+                "max_steps": 12,
+                "eval_every": 6,
+                "learning_rate": 0.01,
+                "warmup_steps": 2,
+                "sample_chars": 0,
+            },
+        }
+    )
     train(cfg)
     shutil.copy(tmp / "run" / "last.npz", HERE / "v010-rnn.npz")
 model, vocab, ck = checkpoint.load_model(HERE / "v010-rnn.npz")
@@ -43,7 +53,10 @@ x = rng.integers(0, vocab.size, (3, 10))
 y = rng.integers(0, vocab.size, (3, 10))
 loss, h = model.loss(x, y)
 expected = {
-    "x": x.tolist(), "y": y.tolist(), "loss": loss, "h_last": h.tolist(),
+    "x": x.tolist(),
+    "y": y.tolist(),
+    "loss": loss,
+    "h_last": h.tolist(),
     "sample": generate(model, vocab, 80, prime="All:", seed=7)[0],
     "sample_batch": generate(model, vocab, 40, prime="All:", seed=7, num_samples=2, top_k=5),
 }
