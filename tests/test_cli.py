@@ -124,7 +124,7 @@ def test_a_malformed_set_is_a_usage_error(tmp_path):
 
 
 def test_resume_command_reproduces_the_options_quoted_for_the_shell():
-    from charrnn.cli import resume_command
+    from charrnn.cli.commands import resume_command
 
     cmd = resume_command("configs/my run.yaml", ["out_dir=runs/a b", "train.seed=3"], "runs/base", 1)
     assert cmd == ("charrnn train 'configs/my run.yaml' --set 'out_dir=runs/a b' --set train.seed=3 "
@@ -136,16 +136,16 @@ def _display(width):
 
     from rich.console import Console
 
-    import charrnn.cli as cli
+    import charrnn.cli.display as cli
 
     buf = io.StringIO()
     console = Console(file=buf, width=width, force_terminal=True, color_system=None, soft_wrap=True)
-    d = cli._TrainDisplay(quiet=False, as_json=False)
+    d = cli.TrainDisplay(quiet=False, as_json=False)
     return d, buf, console
 
 
 def test_live_line_at_80_columns_keeps_step_bar_loss_val_and_gradient_norm(monkeypatch):
-    import charrnn.cli as cli
+    import charrnn.cli.display as cli
 
     d, buf, console = _display(80)
     monkeypatch.setattr(cli, "err", console)
@@ -179,7 +179,7 @@ def test_live_line_at_80_columns_keeps_step_bar_loss_val_and_gradient_norm(monke
 
 
 def test_eta_is_the_nearer_of_the_last_step_and_the_time_limit(monkeypatch):
-    import charrnn.cli as cli
+    import charrnn.cli.display as cli
 
     d, _, console = _display(120)
     monkeypatch.setattr(cli, "err", console)
@@ -276,7 +276,7 @@ def test_threads_0_means_the_default_as_train_threads_0_does(tmp_path):
 
 
 def test_a_fine_tune_step_0_evaluation_shows_no_speed_and_notes_are_shown_even_when_quiet(monkeypatch):
-    import charrnn.cli as cli
+    import charrnn.cli.display as cli
 
     d, buf, console = _display(120)
     monkeypatch.setattr(cli, "err", console)
@@ -302,6 +302,6 @@ def test_a_fine_tune_step_0_evaluation_shows_no_speed_and_notes_are_shown_even_w
     screen = buf.getvalue()
     assert "step 0: val 1.5000 nats/char (2.100 bits), 0s" in screen and "chars/s" not in screen
     assert "note: N1" in screen and "1 parameter," in screen and "1 window per epoch" in screen
-    quiet = cli._TrainDisplay(quiet=True, as_json=False)
+    quiet = cli.TrainDisplay(quiet=True, as_json=False)
     quiet("start", {"step": 0, "max_steps": 20, "resumed": True, "elapsed_s": 0.0, "notes": ["schedule changed"]})
     assert "note: schedule changed" in buf.getvalue()

@@ -123,12 +123,12 @@ def test_prepare_cli_reports_what_it_changed_and_warns_on_one_character(tmp_path
 def test_prepare_progress_bar_starts_only_after_a_second(monkeypatch):
     from rich.console import Console
 
-    import charrnn.cli as cli
+    import charrnn.cli.display as cli
 
     monkeypatch.setattr(cli, "err", Console(file=io.StringIO(), force_terminal=True))
     now = [100.0]
     monkeypatch.setattr("time.monotonic", lambda: now[0])
-    with cli._PrepareProgress() as progress:
+    with cli.PrepareProgress() as progress:
         progress(10, 100, "counting characters")
         now[0] += 0.5
         progress(20, 100, "counting characters")
