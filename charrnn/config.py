@@ -137,7 +137,7 @@ _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)\s*(s|m|min|h)?\s
 
 
 # Top-level sections that other commands read and `charrnn train` leaves alone, so that one file serves both:
-# tune (the search space of `charrnn tune`, validated by charrnn/tune.py).
+# tune (the search space of `charrnn tune`, validated by charrnn/tune/space.py).
 OTHER_SECTIONS = ("tune",)
 
 
@@ -208,11 +208,10 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
         if value is None:
             return None
         if isinstance(value, str) and key == "train.time_limit":
-            m = _DURATION.match(value)
-            if not m:
+            seconds = parse_duration(value)
+            if seconds is None:
                 raise bad("a duration in seconds or like '90s', '10m', '1.5h'")
-            unit = (m.group(2) or "s").lower()
-            return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+            return seconds
         return _coerce(key, value, "float")
     if typ == "str | None":
         return None if value is None else _coerce(key, value, "str")
@@ -225,6 +224,32 @@ def _coerce(key: str, value: Any, typ: str) -> Any:
             raise bad("a string")
         return value
     raise AssertionError(typ)
+
+
+def parse_duration(text: str) -> float | None:
+    """'90', '90s', '10m', '1.5h' -> seconds (float); None when text is not a duration."""
+    m = _DURATION.match(str(text))
+    if not m:
+        return None
+    return float(m.group(1)) * {"s": 1, "m": 60, "min": 60, "h": 3600}[(m.group(2) or "s").lower()]
+
+
+def field_types() -> dict[str, str]:
+    """Every dotted key the config accepts -> its declared type ("int", "float", "str | None", ...)."""
+    types = {f.name: str(f.type) for f in dataclasses.fields(Config) if f.name not in _sections()}
+    for name, cls in _sections().items():
+        types |= {f"{name}.{f.name}": str(f.type) for f in dataclasses.fields(cls)}
+    return types
+
+
+def check_value(key: str, value: Any, typ: str | None = None) -> Any:
+    """One value of a dotted key, as the config reads it: converted to the key's type (or typ), a choice in
+    lower case (cell: LSTM means lstm), within the key's range. Raises ConfigError naming the key."""
+    value = _coerce(key, value, typ or field_types()[key])
+    if key in CHOICES and isinstance(value, str):
+        value = value.lower()
+    _check_range(key, value)
+    return value
 
 
 def _check_range(key: str, value: Any) -> None:
@@ -269,11 +294,7 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
                 dotted = f"{key}.{sub}"
                 if sub not in fields:
                     raise ConfigError(f"unknown key '{dotted}'{_suggest(dotted)}")
-                v = _coerce(dotted, v, str(fields[sub].type))
-                if dotted in CHOICES and isinstance(v, str):
-                    v = v.lower()  # cell: LSTM means lstm
-                _check_range(dotted, v)
-                setattr(section, sub, v)
+                setattr(section, sub, check_value(dotted, v, str(fields[sub].type)))
         else:
             setattr(cfg, key, _coerce(key, value, str(top_fields[key].type)))
     allowed = cell_activations(cfg.model.cell)

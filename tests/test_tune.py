@@ -22,6 +22,9 @@ from charrnn import tune as tune_mod
 from charrnn.cli import app
 from charrnn.config import ConfigError, load_config
 from charrnn.data import prepare
+from charrnn.tune import study as tune_study
+from charrnn.tune.command import _take_slot
+from charrnn.tune.study import retry_callback
 
 optuna = pytest.importorskip("optuna", reason='charrnn tune needs Optuna (pip install -e ".[tune]")')
 runner = CliRunner()
@@ -132,7 +135,7 @@ def test_tune_section_is_ignored_by_train_and_checked_against_the_config(tmp_pat
 def test_without_optuna_one_line_says_what_to_install(tmp_path, text_dir, monkeypatch):
     path = tune_config(tmp_path, text_dir, "space:\n  model.hidden_size: [8]")
     monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
-    monkeypatch.setattr(tune_mod, "_OPTUNA", None)
+    monkeypatch.setattr(tune_study, "_OPTUNA", None)
     r = runner.invoke(app, ["tune", str(path)])
     assert r.exit_code == 1 and r.stdout == ""
     assert r.stderr.strip() == 'error: charrnn tune needs Optuna: pip install -e ".[tune]"'
@@ -250,10 +253,10 @@ def test_two_commands_share_one_journal_file(tmp_path, text_dir):
     assert_budget_met(trials, 5)
     assert all(json.loads(out)["done"] == 5 for out, _ in outs)
     # two commands here take two slots, which seed their workers' samplers apart
-    first, second = tune_mod._take_slot(tmp_path / "run"), tune_mod._take_slot(tmp_path / "run")
+    first, second = _take_slot(tmp_path / "run"), _take_slot(tmp_path / "run")
     assert (first[0], second[0]) == (0, 1)
     first[1].release()
-    assert tune_mod._take_slot(tmp_path / "run")[0] == 0
+    assert _take_slot(tmp_path / "run")[0] == 0
 
 
 def test_trial_gives_the_result_of_charrnn_train(tmp_path, text_dir):
@@ -353,3 +356,45 @@ def test_sigterm_stops_the_workers_with_resumable_trials(tmp_path, text_dir):
     assert trials[1].state.name == "COMPLETE" and trials[1].user_attrs["resumed_from"] == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "trials" / "1" / "train.jsonl").open()]
     assert records[-1]["step"] == 400 and any(r["step"] == stopped for r in records)  # went on from there
+
+
+def test_a_combination_the_config_refuses_is_pruned_and_a_grid_moves_past_it(tmp_path, text_dir):
+    """lstm with relu is refused by the config: the grid's four points run once each, that one pruned (it used to
+    fail, so the exhausted grid trained a completed point a second time to fill the budget)."""
+    path = tune_config(tmp_path, text_dir, """
+        trials: 4
+        sampler: grid
+        pruner: none
+        space:
+          model.cell: [rnn, lstm]
+          model.activation: [tanh, relu]
+    """.replace("        ", ""), max_steps=20)  # fmt: skip
+    r = runner.invoke(app, ["tune", str(path)])
+    assert r.exit_code == 0, r.stderr
+    trials = study_trials(str(tmp_path / "run" / "study.journal"))
+    assert sorted((t.state.name, t.params["model.cell"], t.params["model.activation"]) for t in trials) == [
+        ("COMPLETE", "lstm", "tanh"), ("COMPLETE", "rnn", "relu"), ("COMPLETE", "rnn", "tanh"),
+        ("PRUNED", "lstm", "relu"),
+    ]  # fmt: skip
+    refused = next(t for t in trials if t.state.name == "PRUNED")
+    assert "relu" in refused.user_attrs["error"]
+
+
+def test_a_retry_of_a_stopped_trial_that_fails_counts_as_a_failure(tmp_path, text_dir):
+    """A retry inherits its original's user attributes: a stop marker it did not earn must not make its own
+    failure look like a stop (which queued retry after retry and never counted toward giving up)."""
+    path = tune_config(tmp_path, text_dir, "trials: 2\npruner: none\nspace:\n  model.hidden_size: [8, 16]")
+    journal = str(tmp_path / "run" / "study.journal")
+    (tmp_path / "run").mkdir()
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
+    study = optuna.create_study(study_name="cfg", storage=storage)
+    dist = {"model.hidden_size": optuna.distributions.CategoricalDistribution([8, 16])}
+    stopped = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, params={"model.hidden_size": 8},
+                                        distributions=dist, user_attrs={"stopped_at_step": 10})  # fmt: skip
+    study.add_trial(stopped)
+    retry_callback(limited=False)(study, study.get_trials(deepcopy=False)[0])
+    shutil.rmtree(text_dir)  # every trial now fails for a real reason: its data is gone
+    r = runner.invoke(app, ["tune", str(path)])
+    assert r.exit_code == 1 and "3 trials in a row failed" in r.stderr, r.stderr
+    failed = [t for t in study_trials(journal) if t.state.name == "FAIL"]
+    assert len(failed) == 1 + 3  # the original stop, then three failures, not a retry of each

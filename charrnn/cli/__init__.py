@@ -3,6 +3,7 @@
 Only this package imports typer and rich. The product (sampled text, tables of
 results, --json output) goes to stdout; progress, logs and errors go to stderr.
 A `CharRNNError` becomes one line on stderr and exit code 1; usage errors exit 2.
+Library modules are imported inside the commands so that `charrnn --help` starts fast.
 
     app.py       the app, its error handling and consoles, the entry point `run`
     options.py   the options several commands share, and the checks of option values

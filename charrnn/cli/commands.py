@@ -508,3 +508,5 @@ def tune(
         why = "--timeout reached" if result["status"] == "timeout" else "the workers ended"
         err.print(f"{why}: {result['done']} of {result['budget']} trials done; run the same command again to "
                   f"continue", highlight=False)  # fmt: skip
+        if result["status"] == "unfinished":  # the study lacks trials and nobody asked it to stop
+            raise typer.Exit(1)
