@@ -305,3 +305,25 @@ def test_a_fine_tune_step_0_evaluation_shows_no_speed_and_notes_are_shown_even_w
     quiet = cli.TrainDisplay(quiet=True, as_json=False)
     quiet("start", {"step": 0, "max_steps": 20, "resumed": True, "elapsed_s": 0.0, "notes": ["schedule changed"]})
     assert "note: schedule changed" in buf.getvalue()
+
+
+def test_a_log_file_gets_the_log_lines_without_frames_of_the_live_bar(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import charrnn.cli.display as cli
+
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=buf, width=80))  # not a terminal: stderr redirected to a file
+    d = cli.TrainDisplay(quiet=False, as_json=False)
+    d("start", {"step": 0, "max_steps": 20, "resumed": False, "model": "rnn 1 x 8", "params": 10, "out_dir": "o",
+                "vocab_size": 5, "windows_per_epoch": 2, "time_limit": None, "elapsed_s": 0.0})  # fmt: skip
+    d("step", {"step": 10, "max_steps": 20, "loss": 1.5, "smooth_loss": 1.4, "lr": 1e-3, "grad_norm": 0.5,
+               "chars_per_sec": 1000.0, "epoch": 0, "elapsed_s": 1.0})  # fmt: skip
+    d("eval", {"step": 10, "train_loss": 1.45, "val_loss": 1.5, "val_bpc": 2.16, "chars_per_sec": 1000.0,
+               "elapsed_s": 1.0})  # fmt: skip
+    d.__exit__(None, None, None)
+    text = buf.getvalue()
+    assert "training from step 0" in text and "step 10: train 1.4500, val 1.5000" in text
+    assert "━" not in text and "\r" not in text and "10/20" not in text

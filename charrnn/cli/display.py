@@ -88,6 +88,7 @@ class TrainDisplay:
             TextColumn("{task.fields[eta]}", table_column=Column(no_wrap=True, min_width=7)),
             TextColumn("{task.fields[stats]}", table_column=Column(no_wrap=True, overflow="ellipsis", ratio=1)),
             console=err, transient=False,
+            disable=not err.is_terminal,  # in a log file, the log lines alone: no frames of a live bar
         )  # fmt: skip
         self.progress.__enter__()
 
