@@ -199,7 +199,7 @@ class TrainState:
     elapsed: float = 0.0  # training seconds over all runs
     history: list[dict] = field(default_factory=list)
     init_from: dict | None = None  # a fine-tuned run's origin (finetune.Origin), kept in all its checkpoints
-    data_fingerprint: dict | None = None  # data.fingerprint() of the text trained on (None: a checkpoint of 0.2.0 or older)
+    data_fingerprint: dict | None = None  # data.fingerprint() of the text (None: from charrnn 0.2.0 or older)
 
     def to_json(self) -> dict:
         return {
