@@ -1,7 +1,10 @@
 """The command line: exit codes, stdout holds only the product, stderr the rest."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -327,3 +330,18 @@ def test_a_log_file_gets_the_log_lines_without_frames_of_the_live_bar(monkeypatc
     text = buf.getvalue()
     assert "training from step 0" in text and "step 10: train 1.4500, val 1.5000" in text
     assert "━" not in text and "\r" not in text and "10/20" not in text
+
+
+def test_a_table_on_stdout_in_a_file_is_not_wrapped_at_80_columns(tmp_path):
+    """A study's summary in a file (`charrnn tune ... > file`): a file has no width, so a trial's parameters keep
+    their line (at Rich's default 80 columns they were broken into one-word lines)."""
+    params = {"model.cell": "gru", "model.hidden_size": 384, "model.num_layers": 2, "model.dropout": 0.0165,
+              "train.learning_rate": 0.0056, "train.input_lr_scale": 1.0}  # fmt: skip
+    row = {"number": 10, "params": params, "val_loss": 1.4734, "state": "COMPLETE", "seconds": 687.0, "note": "",
+           "step": 1000}  # fmt: skip
+    result = {"study": "s", "counts": {"COMPLETE": 1}, "trials": [row], "best": None}
+    code = f"import charrnn.cli.display as d; d.tune_summary({result!r})"
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "hidden_size=384, num_layers=2, dropout=0.0165, learning_rate=0.0056, input_lr_scale=1" in r.stdout

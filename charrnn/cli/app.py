@@ -95,7 +95,9 @@ app = typer.Typer(
 )
 
 
-out = Console(soft_wrap=True)  # stdout: the product
+# stdout: the product. In a file or a pipe it has no width to fit, so tables are laid out 200 columns wide
+# instead of Rich's 80, which broke a study's parameters into one-word lines (COLUMNS still wins)
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 
 
 err = Console(stderr=True, soft_wrap=True)  # stderr: progress, logs, errors
