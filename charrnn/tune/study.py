@@ -64,7 +64,8 @@ def open_storage(url: str):
     if "://" in url:
         import warnings
 
-        for attempt in range(3):
+        attempts = 6
+        for attempt in range(attempts):
             try:
                 with warnings.catch_warnings():  # the heartbeat is experimental, and what we rely on
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -76,8 +77,10 @@ def open_storage(url: str):
                 raise TuneError(f"--storage {hide_password(url)}: its database driver is not installed "
                                 f"({e.name or e}){hint}") from None  # fmt: skip
             except Exception as e:  # sqlalchemy's errors: a bad URL, a refused connection, a wrong password
-                if attempt < 2 and "duplicate key" in str(e):  # another process created the tables at that moment
-                    time.sleep(0.5)
+                # another process created the tables at that moment: PostgreSQL reports a table's row in its
+                # catalogue ("duplicate key") or an enum type ('type "..." already exists'); open it again
+                if attempt < attempts - 1 and ("duplicate key" in str(e) or "already exists" in str(e)):
+                    time.sleep(0.2 + 0.3 * attempt)
                     continue
                 first = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
                 raise TuneError(f"cannot open --storage {hide_password(url)}: {first}") from None
