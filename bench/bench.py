@@ -37,6 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if os.environ.get("CHARRNN_FAKE_CUPY"):  # a dry run of --device cuda against the tests' numpy-backed stand-in
+    sys.path.insert(0, str(ROOT / "tests"))
+    import fake_cupy
+
+    sys.modules["cupy"] = fake_cupy
 
 from charrnn import CharRNN  # noqa: E402
 from charrnn.cells import cell_class  # noqa: E402

@@ -28,6 +28,7 @@ import types
 import numpy as np
 
 DEVICE_COUNT = 1
+__version__ = "stand-in"
 
 
 class ndarray(np.ndarray):  # CuPy's name
@@ -84,7 +85,25 @@ def fuse(*args, **kwargs):
     return lambda f: f
 
 
-cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: DEVICE_COUNT))
+cuda = types.SimpleNamespace(
+    runtime=types.SimpleNamespace(
+        getDeviceCount=lambda: DEVICE_COUNT,
+        getDeviceProperties=lambda device: {"name": b"fake_cupy stand-in"},
+        memGetInfo=lambda: (0, 0),  # (free, total) bytes
+    )
+)
+
+
+class _MemoryPool:
+    def used_bytes(self) -> int:
+        return 0
+
+    def total_bytes(self) -> int:
+        return 0
+
+
+def get_default_memory_pool() -> _MemoryPool:
+    return _MemoryPool()
 
 
 def __getattr__(name: str):
