@@ -11,7 +11,6 @@ operations whose best form differs between the two:
                            by the model before the upload (a device min/max would stop the stream)
     sum_squares            gradient clipping's norm: on the GPU summed on the device, one transfer
     errstate               numpy's floating-point warnings; CuPy raises none
-    fuse                   cupy.fuse on the GPU; the identity on the CPU
 
 The maths never asks which device it runs on: a function takes the backend of its
 arrays (`backend_of`), so the same code runs on either, and the CPU path is the
@@ -89,9 +88,6 @@ class Backend:
     def errstate(self, **kwargs):
         return np.errstate(**kwargs)
 
-    def fuse(self, f):
-        return f
-
 
 class CudaBackend(Backend):
     """CuPy on the current GPU. Parameters, state, work arrays and gradients live on the device."""
@@ -101,7 +97,6 @@ class CudaBackend(Backend):
 
     def __init__(self, cupy):
         super().__init__(cupy)
-        self._fused: dict = {}
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
@@ -134,12 +129,6 @@ class CudaBackend(Backend):
 
     def errstate(self, **kwargs):
         return contextlib.nullcontext()
-
-    def fuse(self, f):
-        fused = self._fused.get(f)
-        if fused is None:
-            fused = self._fused[f] = self.xp.fuse()(f)
-        return fused
 
 
 CPU = Backend()

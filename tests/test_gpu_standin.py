@@ -126,9 +126,12 @@ def train_cfg(tmp_path, data_dir, device, **kw):
 
 
 def test_training_on_cuda_matches_cpu_and_checkpoints_cross_devices(cupy, tmp_path, data_dir):
-    rc = train(train_cfg(tmp_path / "cpu", data_dir, "cpu"))
-    rg = train(train_cfg(tmp_path / "cuda", data_dir, "cuda"))
-    assert rc.step == rg.step == 12
+    samples = {}
+    for device in ("cpu", "cuda"):  # the samples after each evaluation too
+        cb = lambda k, i, d=device: samples.setdefault(d, []).append(i["text"]) if k == "sample" else None  # noqa: E731
+        r = train(train_cfg(tmp_path / device, data_dir, device, sample_chars=40), callback=cb)
+        assert r.step == 12
+    assert samples["cpu"] == samples["cuda"] and len(samples["cpu"]) == 2
     pc = checkpoint.load(tmp_path / "cpu" / "run" / "last.npz")
     gpu_file = tmp_path / "cuda" / "run" / "last.npz"
     pg = checkpoint.load(gpu_file)
