@@ -112,6 +112,18 @@ def test_the_sampler_steps_on_the_device_and_draws_the_same_text(cupy, cell):
     assert on_host(s.feed(np.array([1, 2]))) and on_device(s.h)  # the logits come down, the state stays up
 
 
+def test_a_model_moves_between_devices(cupy):
+    cpu = CharRNN(9, 5, 2, "gru", seed=0)
+    assert cpu.to("cpu") is cpu and cpu.device == "cpu"
+    cuda = cpu.to("cuda")
+    assert cuda.device == "cuda" and all(on_device(p) for p in cuda.params.values())
+    back = cuda.to("cpu")
+    assert all(on_host(p) for p in back.params.values())
+    for name, p in cpu.params.items():
+        np.testing.assert_array_equal(back.params[name], p)
+        np.testing.assert_array_equal(cuda.host_params()[name], p)
+
+
 def test_a_host_array_in_device_maths_is_refused(cupy):
     """The stand-in's guard: what the tests above rely on to find a forgotten upload."""
     with pytest.raises(TypeError, match="mixes host"):
