@@ -1,4 +1,6 @@
-"""Pure NumPy layers shared by every cell: input projections, the loss, aligned arrays. No state, no I/O.
+"""Pure array layers shared by every cell: input projections, the loss, aligned arrays. No state, no I/O.
+
+They compute with the backend of their arrays (charrnn/backend.py): numpy on the CPU, CuPy on a GPU.
 
 The recurrences themselves live one per module in charrnn/cells.
 

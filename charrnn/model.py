@@ -181,8 +181,7 @@ class CharRNN:
         """This model on another device (a copy; the same model if it is there already)."""
         if get_backend(device) is self.backend:
             return self
-        model = CharRNN.from_params(self.host_params(), self.cell.name, self.activation, self.dropout, device)
-        return model
+        return CharRNN.from_params(self.host_params(), self.cell.name, self.activation, self.dropout, device)
 
     def host_params(self) -> dict[str, np.ndarray]:
         """The parameters as numpy arrays (what checkpoints hold), whatever the device."""
