@@ -4,8 +4,14 @@ Installed as sys.modules["cupy"] by the `fake_cupy` fixture (tests/test_gpu_stan
 the whole cuda code path on the CPU: the backend, the model, training, checkpoints, eval and
 sampling with `device: cuda`. Device arrays are `ndarray`, a numpy subclass of their own, so that:
 
-- a host (plain numpy) array that reaches a ufunc together with device arrays raises TypeError,
-  as CuPy refuses to mix the two (a forgotten upload shows);
+- a host (plain numpy) array that reaches a ufunc together with device arrays, or any cupy.*
+  function other than asarray/array/asnumpy (also inside lists and tuples, and as `out=`),
+  raises TypeError, as CuPy refuses to mix the two (a forgotten upload shows);
+- a numpy function (np.concatenate, np.zeros_like, ...) applied to a device array raises
+  TypeError (`__array_function__`), as CuPy refuses implicit conversion to numpy (a forgotten
+  `xp` shows);
+- a host array as an index of a device array, or assigned into one, raises TypeError (an
+  implicit upload in the middle of the maths);
 - whatever the engine returns (parameters, gradients, state, optimizer slots) can be checked to
   be on the "device", and checkpoints to hold plain numpy arrays (`asnumpy` gives one).
 
@@ -46,8 +52,50 @@ class ndarray(np.ndarray):  # CuPy's name
             return out[0] if len(out) == 1 else out
         return _device(result)
 
+    def __getitem__(self, index):
+        if _has_host_array(index):
+            raise TypeError("fake cupy: a device array indexed with a host (numpy) array")
+        return super().__getitem__(index)
+
+    def __setitem__(self, index, value):
+        if _has_host_array((index, value)):
+            raise TypeError("fake cupy: a host (numpy) array in an item assignment to a device array")
+        super().__setitem__(index, value)
+
+    def __array_function__(self, func, types, args, kwargs):
+        if func in _PRINTING:  # repr() and str() of a device array, for error messages
+            return func(*_host_view(args), **_host_view(kwargs))
+        raise TypeError(f"fake cupy: numpy.{func.__name__} applied to a device array (use the array's xp)")
+
     def get(self) -> np.ndarray:
         return asnumpy(self)
+
+
+_PRINTING = {np.array_repr, np.array_str, np.array2string}
+
+
+def _has_host_array(x) -> bool:
+    """Whether x holds a plain numpy array with ndim > 0 (directly or inside lists, tuples, dicts)."""
+    if type(x) is np.ndarray:
+        return x.ndim > 0
+    if isinstance(x, (list, tuple)):
+        return any(_has_host_array(v) for v in x)
+    if isinstance(x, dict):
+        return any(_has_host_array(v) for v in x.values())
+    return False
+
+
+def _host_view(x):
+    """Device arrays as plain numpy views (also inside lists, tuples, dicts), for numpy to work on."""
+    if isinstance(x, ndarray):
+        return x.view(np.ndarray)
+    if isinstance(x, list):
+        return [_host_view(v) for v in x]
+    if isinstance(x, tuple):
+        return tuple(_host_view(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _host_view(v) for k, v in x.items()}
+    return x
 
 
 def _device(x):
@@ -112,7 +160,11 @@ def __getattr__(name: str):
         return value  # dtypes, constants
 
     def wrapped(*args, **kwargs):
-        return _device(value(*args, **kwargs))
+        if _has_host_array((args, kwargs)):
+            raise TypeError(f"fake cupy: cupy.{name} given a host (numpy) array")
+        out = kwargs.get("out")
+        result = value(*_host_view(args), **_host_view(kwargs))
+        return out if out is not None and isinstance(out, ndarray) else _device(result)
 
     wrapped.__name__ = name
     return wrapped

@@ -130,6 +130,46 @@ def test_a_host_array_in_device_maths_is_refused(cupy):
         np.add(cupy.zeros(3), np.ones(3))
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda cp, d, h: cp.dot(d, d, out=h),
+        lambda cp, d, h: cp.take(d, h.astype(np.intp)),
+        lambda cp, d, h: cp.concatenate([d, h]),
+        lambda cp, d, h: cp.stack((d, h)),
+        lambda cp, d, h: cp.vdot(h, d),
+        lambda cp, d, h: d.__setitem__(slice(None), h),
+        lambda cp, d, h: d[np.array([0, 1])],
+    ],
+    ids=["dot-out", "take", "concatenate", "stack", "vdot", "setitem", "host-index"],
+)
+def test_a_host_array_given_to_a_cupy_function_is_refused(cupy, call):
+    """The catch-all and the device array refuse host arrays, also inside lists and tuples and as out=."""
+    d, h = cupy.zeros(3), np.ones(3)
+    with pytest.raises(TypeError, match="host"):
+        call(cupy, d, h)
+    # 0-d host arrays (numpy scalars) and plain Python values pass, as in CuPy
+    assert cupy.asnumpy(cupy.concatenate([d, cupy.ones(1)])).shape == (4,)
+    d[0] = np.float64(2.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: np.concatenate([d, d]),
+        lambda d: np.zeros_like(d),
+        lambda d: np.take(d, [0]),
+        lambda d: np.vdot(d, d),
+    ],
+    ids=["concatenate", "zeros_like", "take", "vdot"],
+)
+def test_a_numpy_function_on_a_device_array_is_refused(cupy, call):
+    """__array_function__: a forgotten xp (np.* on a device array) raises, as CuPy refuses to convert."""
+    with pytest.raises(TypeError, match="applied to a device array"):
+        call(cupy.zeros(3))
+    assert "ndarray" in repr(cupy.zeros(3))  # printing still works, for error messages
+
+
 def train_cfg(tmp_path, data_dir, device, **kw):
     tmp_path.mkdir(exist_ok=True)
     model = {"cell": "lstm", "num_layers": 2, "dropout": 0.2, "dtype": "float64"}
