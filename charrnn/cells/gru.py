@@ -160,7 +160,7 @@ class Cell(BaseCell):
     def split_bias(self, p):
         """u_n carries bh's n block; v carries bh's r and z blocks (they only add up) and bhn."""
         H = p["bhn"].shape[0]
-        b_in = np.zeros_like(p["bh"])
+        b_in = backend_of(p["bh"]).xp.zeros_like(p["bh"])
         b_in[2 * H :] = p["bh"][2 * H :]
         b_rec = p["bh"].copy()
         b_rec[2 * H :] = p["bhn"]

@@ -192,7 +192,7 @@ class Cell(BaseCell):
         hs, cache = lstm_forward(a, s0, p["Whh"], buffer)
         if hs.shape[0] == 0:
             return hs, s0.copy(), cache
-        return hs, np.concatenate([hs[-1], cache.cs[-1]], axis=-1), cache
+        return hs, backend_of(hs).xp.concatenate([hs[-1], cache.cs[-1]], axis=-1), cache
 
     def backward(self, dhs, cache, buffer=None):
         da, ds0, dWhh = lstm_backward(dhs, cache, buffer)
