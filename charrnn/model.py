@@ -289,7 +289,10 @@ class CharRNN:
         The plain inference path (no caches); the sampler runs the fused `Stepper`,
         which computes the same.
         """
-        ids = self.backend.asarray(np.asarray(to_host(ids)).reshape(-1))
+        ids = np.asarray(to_host(ids)).reshape(-1)
+        # checked here, on the host, on either device: CuPy's indexing does not range-check
+        CPU.check_ids(ids, self.vocab_size, "ids")
+        ids = self.backend.asarray(ids)
         if h.shape != (self.num_layers, ids.shape[0], self.state_size):
             raise ValueError(f"h must have shape (L, B, S) = {(self.num_layers, ids.shape[0], self.state_size)}")
         H = self.hidden_size
@@ -482,6 +485,8 @@ class Stepper:
         """Advance every sequence by one character, ids (K,); returns the logits (K, V) that follow."""
         if np.shape(ids) != (self.K,):
             raise ValueError(f"ids must have shape ({self.K},), got {np.shape(ids)}")
+        ids = np.asarray(to_host(ids))
+        CPU.check_ids(ids, self.embed.shape[0], "ids")  # on the host: CuPy's indexing does not range-check
         x = self.embed[self.backend.asarray(ids)]  # (K, G*H) x_t Wxh + b_in of layer 0
         step_, dot = self.step_, self.dot
         for hbuf, h, rest, W, z, recurrent, above in self.layers:

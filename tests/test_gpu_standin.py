@@ -112,6 +112,18 @@ def test_the_sampler_steps_on_the_device_and_draws_the_same_text(cupy, cell):
     assert on_host(s.feed(np.array([1, 2]))) and on_device(s.h)  # the logits come down, the state stays up
 
 
+@pytest.mark.parametrize("bad", [11, -1])
+def test_out_of_range_ids_raise_the_cpu_error_on_cuda(cupy, bad):
+    """CuPy does not range-check indices: step and Stepper.feed check the ids on the host, on either device."""
+    cpu, cuda = pair("lstm", V=11)
+    ids = np.array([0, bad])
+    for model in (cpu, cuda):
+        with pytest.raises(IndexError, match=r"ids must lie in \[0, 11\)"):
+            model.step(ids, model.initial_state(2))
+        with pytest.raises(IndexError, match=r"ids must lie in \[0, 11\)"):
+            model.stepper(model.initial_state(2)).feed(ids)
+
+
 def test_a_model_moves_between_devices(cupy):
     cpu = CharRNN(9, 5, 2, "gru", seed=0)
     assert cpu.to("cpu") is cpu and cpu.device == "cpu"
