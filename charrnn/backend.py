@@ -61,7 +61,7 @@ class Backend:
         """A C-contiguous copy of a (host or device array) on this device, cast to dtype if given."""
         from .layers import aligned_copy
 
-        return aligned_copy(a, dtype)
+        return aligned_copy(to_host(a), dtype)  # a device array comes down first: CuPy refuses np.asarray
 
     def asarray(self, a, dtype=None):
         """a on this device (no copy if it is there already in that dtype)."""

@@ -124,6 +124,24 @@ def test_out_of_range_ids_raise_the_cpu_error_on_cuda(cupy, bad):
             model.stepper(model.initial_state(2)).feed(ids)
 
 
+def test_the_cpu_backend_copies_a_device_array_to_the_host(cupy, monkeypatch):
+    """Backend.copy on the CPU brings a device array down before aligned_copy's np.asarray, which
+    real CuPy refuses (implicit conversion) and the stand-in, a numpy subclass, cannot: hence the spy."""
+    from charrnn import layers
+
+    aligned_copy = layers.aligned_copy
+
+    def host_only(a, dtype=None):
+        assert on_host(a), "aligned_copy given a device array"
+        return aligned_copy(a, dtype)
+
+    monkeypatch.setattr(layers, "aligned_copy", host_only)
+    d = cupy.asarray(np.arange(6.0).reshape(2, 3))
+    c = backend.CPU.copy(d, np.float32)
+    assert on_host(c) and c.dtype == np.float32 and c.flags.c_contiguous
+    np.testing.assert_array_equal(c, np.arange(6.0).reshape(2, 3))
+
+
 def test_a_model_moves_between_devices(cupy):
     cpu = CharRNN(9, 5, 2, "gru", seed=0)
     assert cpu.to("cpu") is cpu and cpu.device == "cpu"
