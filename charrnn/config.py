@@ -92,7 +92,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as stored (checkpoints, tune's configs). train.device is left out when it is cpu,
+        its default: releases before it (0.2.0) refuse unknown keys, so CPU checkpoints stay readable there."""
+        d = dataclasses.asdict(self)
+        if d["train"]["device"] == "cpu":
+            del d["train"]["device"]
+        return d
 
 
 CHOICES = {

@@ -218,7 +218,9 @@ def test_training_on_cuda_matches_cpu_and_checkpoints_cross_devices(cupy, tmp_pa
     gpu_file = tmp_path / "cuda" / "run" / "last.npz"
     pg = checkpoint.load(gpu_file)
     assert all(on_host(a) for a in (*pg.params.values(), *pg.optim_state.values(), pg.h))  # numpy in the file
-    assert pg.config.train.device == "cuda"
+    assert pg.config.train.device == "cuda" and pg.meta["config"]["train"]["device"] == "cuda"
+    # a CPU checkpoint's stored config has no device key: 0.2.0, which refuses unknown keys, still reads it
+    assert "device" not in pc.meta["config"]["train"] and pc.config.train.device == "cpu"
     for name in pc.params:
         np.testing.assert_allclose(pg.params[name], pc.params[name], rtol=1e-9, atol=1e-12, err_msg=name)
     # a GPU checkpoint evaluates on the CPU and the other way round
