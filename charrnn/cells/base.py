@@ -52,9 +52,8 @@ class BaseCell:
         return backend_of(p["bh"]).xp.zeros_like(p["bh"]), p["bh"]
 
     def step_fn(self, xp=np):
-        """`step_` bound to an array module: the plain method for numpy (the sampler's loop pays no
-        extra call), the module passed along for another (cupy)."""
-        return self.step_ if xp is np else functools.partial(self.step_, xp=xp)
+        """`step_` bound once to an array module (numpy or cupy): the maths holds no device branch."""
+        return functools.partial(self.step_, xp=xp)
 
     def __repr__(self) -> str:
         args = repr(self.activation) if len(self.activations) > 1 else ""

@@ -102,11 +102,6 @@ class Cell(BaseCell):
     gates = 1
     activations = ACTIVATIONS
 
-    def __init__(self, activation: str = "tanh"):
-        super().__init__(activation)
-        # f(a, out=a) as one C-level call for the sampler (activate_'s Python dispatch is ~5% of a character)
-        self._f = np.tanh if activation == "tanh" else functools.partial(np.maximum, 0)
-
     @property
     def smooth(self) -> bool:
         return self.activation != "relu"
@@ -144,9 +139,19 @@ class Cell(BaseCell):
         da, dh0, dWhh = rnn_backward(dhs, cache)  # da is dhs, overwritten
         return da, dh0, {"Whh": dWhh}
 
+    def activation_fn(self, xp=np):
+        """The nonlinearity of array module xp as one C-level call f(h, out=h), for the sampler
+        (activate_'s Python dispatch is ~5% of a character)."""
+        return xp.tanh if self.activation == "tanh" else functools.partial(xp.maximum, 0)
+
+    def step_fn(self, xp=np):
+        """`step_` with the nonlinearity of xp bound once (the sampler's loop looks nothing up)."""
+        return functools.partial(self._step, f=self.activation_fn(xp), xp=xp)
+
     def step_(self, ax, v, h, rest, xp=np):
+        self._step(ax, v, h, rest, self.activation_fn(xp), xp)
+
+    @staticmethod
+    def _step(ax, v, h, rest, f, xp):
         xp.add(v, ax, out=h)  # a_t = x_t Wxh + h_{t-1} Whh + bh, written where h_t goes
-        if xp is np:
-            self._f(h, out=h)
-        else:
-            activate_(h, self.activation, xp)
+        f(h, out=h)
