@@ -1,7 +1,8 @@
 """The cuda code path, run on the CPU against a NumPy-backed stand-in for CuPy (tests/fake_cupy.py).
 
 CI has no GPU. These tests prove what the stand-in can: that with `device: cuda` every array
-of the engine lives on the "device" (a host array mixed into device maths raises), that the
+of the engine lives on the "device" (a host array mixed into device maths, or a numpy function
+applied to a device array, raises: fake_cupy's doc lists the guards), that the
 loss and every gradient equal the CPU engine's, that training, evaluation, sampling and
 checkpoints work across devices, and that cuda without CuPy or without a GPU is one clear line.
 What it cannot check (real kernels, cupy.fuse's compiled code, graph capture, float32 rounding
