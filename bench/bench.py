@@ -2,6 +2,7 @@
 
     pip install -e ".[bench]"        # torch (CPU build) and threadpoolctl
     python bench/bench.py [--data TEXT] [--repeats 5] [--threads 2] [--json]
+    python bench/bench.py --device cuda [--data TEXT]     # on a GPU: against PyTorch cuDNN (bench/gpu_check.sh)
 
 For each model (cell, size) it times our training step (charrnn.train.train_step: forward,
 BPTT, clipping, Adam) and the reference's, interleaved repeat by repeat so that
@@ -36,6 +37,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+if os.environ.get("CHARRNN_FAKE_CUPY"):  # a dry run of --device cuda against the tests' numpy-backed stand-in
+    sys.path.insert(0, str(ROOT / "tests"))
+    import fake_cupy
+
+    sys.modules["cupy"] = fake_cupy
 
 from charrnn import CharRNN  # noqa: E402
 from charrnn.cells import cell_class  # noqa: E402
@@ -54,6 +60,9 @@ ROWS = [  # cell, hidden, layers, batch, seq
     ("lstm", 128, 1, 32, 64),
     ("lstm", 512, 2, 64, 100),
     ("gru", 512, 2, 64, 100),
+]
+GPU_ROWS = [  # cell, hidden, layers, batch, seq: bench.py --device cuda
+    (cell, 512, layers, batch, 100) for cell, layers in (("rnn", 1), ("lstm", 2), ("gru", 2)) for batch in (64, 256)
 ]
 
 
@@ -83,10 +92,10 @@ class Windows:
 class Ours:
     name = "charrnn"
 
-    def __init__(self, V, H, L, B, T, cell="rnn"):
+    def __init__(self, V, H, L, B, T, cell="rnn", device="cpu"):
         self.tc = TrainConfig(batch_size=B, seq_length=T, learning_rate=2e-3, grad_clip=5.0, warmup_steps=0,
                               lr_schedule="constant", optimizer="adam", random_offset=False)  # fmt: skip
-        self.model = CharRNN(V, H, L, cell, seed=0)
+        self.model = CharRNN(V, H, L, cell, seed=0, device=device)
         self.state = init_state("adam", self.model.params)
         self.h, self.t = None, 0
 
@@ -176,6 +185,8 @@ def main() -> None:
     ap.add_argument("--sample-chars", type=int, default=5000)
     ap.add_argument("--no-torch", action="store_true", help="time charrnn alone")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: the GPU rows (GPU_ROWS)")
+    ap.add_argument("--gpu-rows", help="with --device cuda: which models (indices into GPU_ROWS; default all)")
     ap.add_argument("--child", choices=["ours", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--steps", type=int, default=20, help=argparse.SUPPRESS)
     ap.add_argument("--hidden", type=int, default=512, help=argparse.SUPPRESS)
@@ -184,6 +195,9 @@ def main() -> None:
     ap.add_argument("--cell", default="rnn", help=argparse.SUPPRESS)
     ap.add_argument("--layers", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.device == "cuda":
+        main_cuda(args)
+        return
 
     from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -290,6 +304,69 @@ def main() -> None:
         print(f"{row['cell']} {row['layers']}x{H} B{B}: {row['flops_per_char'] / 1e6:.2f} MFLOP/char; "
               f"GEMM {row['gemm_gflops']:.0f} GFLOP/s at {B}x{H}x{GH} -> bound {row['bound_chars_per_sec']:,.0f} "
               f"chars/s; charrnn reaches {row['fraction_of_bound']:.0%}")  # fmt: skip
+
+
+def main_cuda(args) -> None:
+    """The GPU rows: training steps (each ends with its loss on the host, so the time is the device's), both
+    engines interleaved; sampling 256 samples at once; the device memory each engine held at its peak."""
+    import cupy
+
+    use_torch = not args.no_torch
+    if use_torch:
+        import torch
+        from torch_ref import torch_batch_sample_speed
+
+        assert torch.cuda.is_available(), "PyTorch sees no GPU"
+    ids, V = load(args.data)
+    dev = cupy.cuda.runtime.getDeviceProperties(0)["name"] if hasattr(cupy.cuda.runtime, "getDeviceProperties") else "?"
+    report = {"device": "cuda", "gpu": dev.decode() if isinstance(dev, bytes) else dev, "cupy": cupy.__version__,
+              "data": args.data, "vocab": V, "rows": []}  # fmt: skip
+    if use_torch:
+        report["torch"], report["cudnn"] = torch.__version__, torch.backends.cudnn.version()
+    log = (lambda *a: None) if args.json else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    rows = GPU_ROWS if args.gpu_rows is None else [GPU_ROWS[int(i)] for i in args.gpu_rows.split(",")]
+    for cell, H, L, B, T in rows:
+        ours_t = Ours(V, H, L, B, T, cell, device="cuda")
+        torch_t = None
+        if use_torch:
+            from torch_ref import TorchTrainer
+
+            torch_t = TorchTrainer(V, H, L, cell, device="cuda")
+        w_ours, w_torch = Windows(ids, B, T), Windows(ids, B, T)
+        ours_r, torch_r = [], []
+        for _ in range(args.repeats):
+            ours_r.append(throughput(ours_t, w_ours, args.seconds))
+            if use_torch:
+                torch_r.append(throughput(torch_t, w_torch, args.seconds))
+        row = {"cell": cell, "hidden": H, "layers": L, "batch": B, "seq": T, "ours": spread(ours_r),
+               "ms_per_step": B * T / statistics.median(ours_r) * 1e3}  # fmt: skip
+        if use_torch:
+            row["pytorch"] = spread(torch_r)
+            row["ratio"] = row["ours"]["median"] / row["pytorch"]["median"]
+        report["rows"].append(row)
+        log(f"{cell} {L}x{H} B{B} T{T}: ours {row['ours']['median']:,.0f} chars/s ({row['ms_per_step']:.1f} ms/step)"
+            + (f", cuDNN {row['pytorch']['median']:,.0f}, ratio {row['ratio']:.2f}" if use_torch else ""))  # fmt: skip
+        del ours_t, torch_t
+    vocab = Vocab(tuple(chr(32 + i) for i in range(V)))
+    report["sampling"] = {}
+    K, n = 256, max(1, min(args.sample_chars, 500))
+    for cell in ("rnn", "lstm"):
+        model = CharRNN(V, 512, 1, cell, seed=0, device="cuda")
+        t0 = time.perf_counter()
+        generate(model, vocab, n, seed=0, num_samples=K)
+        entry = {"ours": K * n / (time.perf_counter() - t0), "samples": K, "chars": n}
+        if use_torch:
+            entry["pytorch"] = torch_batch_sample_speed(V, 512, n, K, cell, "cuda")
+            entry["ratio"] = entry["ours"] / entry["pytorch"]
+        report["sampling"][cell] = entry
+        log(f"sampling {cell} 1x512, {K} samples at once: ours {entry['ours']:,.0f} chars/s"
+            + (f", pytorch {entry['pytorch']:,.0f}, ratio {entry['ratio']:.2f}" if use_torch else ""))  # fmt: skip
+    pool = cupy.get_default_memory_pool()
+    report["gpu_memory_mib"] = {"ours_pool_total": pool.total_bytes() / 2**20}
+    if use_torch:
+        report["gpu_memory_mib"]["pytorch_max_allocated"] = torch.cuda.max_memory_allocated() / 2**20
+    log(f"GPU memory: {report['gpu_memory_mib']}")
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

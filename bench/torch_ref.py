@@ -40,15 +40,16 @@ class TorchTrainer:
     """Adam + global-norm clipping over carried-state windows, like charrnn's train_step."""
 
     def __init__(self, vocab_size: int, hidden_size: int, num_layers: int, cell: str = "rnn", lr: float = 2e-3,
-                 clip: float = 5.0):  # fmt: skip
+                 clip: float = 5.0, device: str = "cpu"):  # fmt: skip
         torch.manual_seed(0)
-        self.model = TorchCharRNN(vocab_size, hidden_size, num_layers, cell)
+        self.device = device  # cuda: nn.RNN/LSTM/GRU run cuDNN's fused kernels
+        self.model = TorchCharRNN(vocab_size, hidden_size, num_layers, cell).to(device)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=lr)
         self.clip = clip
         self.h = None
 
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
-        xt, yt = torch.from_numpy(x).long(), torch.from_numpy(y).long()
+        xt, yt = torch.from_numpy(x).long().to(self.device), torch.from_numpy(y).long().to(self.device)
         logits, h = self.model(xt, self.h)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1))
         self.opt.zero_grad(set_to_none=True)
@@ -57,6 +58,21 @@ class TorchTrainer:
         self.opt.step()
         self.h = tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()  # LSTM: (h, c)
         return loss.item()
+
+
+@torch.no_grad()
+def torch_batch_sample_speed(vocab_size: int, hidden_size: int, n: int, k: int, cell: str, device: str) -> float:
+    """Characters per second generating k samples of n characters at once (batch of k), on device."""
+    torch.manual_seed(0)
+    model = TorchCharRNN(vocab_size, hidden_size, 1, cell).to(device).eval()
+    x = torch.zeros((k, 1), dtype=torch.long, device=device)
+    h = None
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits, h = model(x, h)
+        x = torch.multinomial(torch.softmax(logits[:, -1], dim=-1), 1)  # (k, 1)
+    x.cpu()  # the last draw: the stream has finished
+    return k * n / (time.perf_counter() - t0)
 
 
 @torch.no_grad()

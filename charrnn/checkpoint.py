@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .backend import to_host
 from .cells import make_cell
 from .config import ConfigError, config_from_json
 from .data import DataError, Vocab
@@ -67,9 +68,10 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta["step"])
 
-    def model(self) -> CharRNN:
+    def model(self, device: str = "cpu") -> CharRNN:
+        """The model, on device (cpu or cuda) whichever device trained it: the file holds numpy arrays."""
         m = self.config.model
-        return CharRNN.from_params(self.params, m.cell, m.activation, m.dropout)
+        return CharRNN.from_params(self.params, m.cell, m.activation, m.dropout, device)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -86,13 +88,16 @@ def resolve(path: str | os.PathLike) -> Path:
 
 
 def save(path: str | os.PathLike, params, meta: dict, optim_state=None, h=None) -> None:
-    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename)."""
+    """Write a checkpoint atomically (temporary file in the same folder, fsync, rename).
+
+    The arrays may live on a GPU: they are saved as numpy arrays, so that any device loads them.
+    """
     path = Path(path)
-    arrays: dict[str, np.ndarray] = dict(params)
+    arrays: dict[str, np.ndarray] = {name: to_host(p) for name, p in params.items()}
     for name, arr in (optim_state or {}).items():
-        arrays[f"optim.{name}"] = arr
+        arrays[f"optim.{name}"] = to_host(arr)
     if h is not None:
-        arrays["state.h"] = h
+        arrays["state.h"] = to_host(h)
     doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
     arrays["meta"] = np.array(json.dumps(doc, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +246,7 @@ def _finite(arr: np.ndarray, key: str, p: Path) -> np.ndarray:
     return arr
 
 
-def load_model(path: str | os.PathLike) -> tuple[CharRNN, Vocab, Checkpoint]:
-    """The model and vocabulary of a checkpoint (file or run folder)."""
+def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CharRNN, Vocab, Checkpoint]:
+    """The model (on device) and vocabulary of a checkpoint (file or run folder)."""
     ckpt = load(path)
-    return ckpt.model(), ckpt.vocab, ckpt
+    return ckpt.model(device), ckpt.vocab, ckpt

@@ -77,6 +77,7 @@ class TrainConfig:
     patience: int = 0  # stop after this many evaluations without a better val loss; 0 = never
     seed: int = 0
     threads: int = 0  # BLAS threads for the matrix products; 0 = the library's default (every core)
+    device: str = "cpu"  # cpu | cuda (an NVIDIA GPU through CuPy: pip install -e ".[gpu]", docs/gpu.md)
     init_from: str | None = None  # fine-tune: start from this checkpoint file or run folder (docs/commands.md)
     time_limit: float | None = None  # wall-clock budget in seconds ("90s", "10m", "1.5h" also read)
     sample_chars: int = 200  # characters sampled after each evaluation; 0 = none
@@ -91,7 +92,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as stored (checkpoints, tune's configs). train.device is left out when it is cpu,
+        its default: releases before it (0.2.0) refuse unknown keys, so CPU checkpoints stay readable there."""
+        d = dataclasses.asdict(self)
+        if d["train"]["device"] == "cpu":
+            del d["train"]["device"]
+        return d
 
 
 CHOICES = {
@@ -100,6 +106,7 @@ CHOICES = {
     "model.dtype": ("float32", "float64"),
     "train.optimizer": ("sgd", "momentum", "adagrad", "rmsprop", "adam"),
     "train.lr_schedule": ("constant", "step", "cosine"),
+    "train.device": ("cpu", "cuda"),
 }
 POSITIVE = {  # must be > 0
     "model.hidden_size", "model.num_layers", "train.batch_size", "train.seq_length", "train.max_steps",

@@ -1,4 +1,6 @@
-"""Pure NumPy layers shared by every cell: input projections, the loss, aligned arrays. No state, no I/O.
+"""Pure array layers shared by every cell: input projections, the loss, aligned arrays. No state, no I/O.
+
+They compute with the backend of their arrays (charrnn/backend.py): numpy on the CPU, CuPy on a GPU.
 
 The recurrences themselves live one per module in charrnn/cells.
 
@@ -22,6 +24,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+
+from .backend import backend_of
 
 
 def one_hot(ids: np.ndarray, vocab_size: int, dtype=np.float32) -> np.ndarray:
@@ -82,7 +86,8 @@ def _check_out(out: np.ndarray, shape: tuple, dtype, *inputs: np.ndarray) -> np.
         raise ValueError(
             f"out must be a C-contiguous {np.dtype(dtype)} array of shape {tuple(shape)}, got {out.dtype} {out.shape}"
         )
-    if any(np.may_share_memory(out, a) for a in inputs):
+    xp = backend_of(out).xp
+    if any(xp.may_share_memory(out, a) for a in inputs):
         raise ValueError("out must not overlap the inputs")
     return out
 
@@ -103,14 +108,12 @@ def onehot_affine_forward(ids: np.ndarray, W: np.ndarray, b: np.ndarray, out: np
     ids: (...) integers in [0, V); W: (V, H); b: (H,). Returns out (..., H), written
     into `out` if given (a C-contiguous array of that shape and W's dtype).
     """
+    be = backend_of(W)
     table = W + b  # (V, H): the bias added to the V rows, then one gather pass
     shape = (*ids.shape, W.shape[1])
-    out = empty_aligned(shape, table.dtype) if out is None else _check_out(out, shape, table.dtype, W)
-    if ids.size and (ids.min() < 0 or ids.max() >= W.shape[0]):
-        raise IndexError(f"ids must lie in [0, {W.shape[0]})")
-    # mode="clip" (a no-op on checked ids) lets np.take write straight into out; the
-    # default mode="raise" gathers into a temporary first, 4x slower at (100, 64, 512)
-    np.take(table, ids, axis=0, out=out, mode="clip")
+    out = be.empty(shape, table.dtype) if out is None else _check_out(out, shape, table.dtype, W)
+    be.check_ids(ids, W.shape[0], "ids")
+    be.take_rows(table, ids, out)
     return out, OneHotAffineCache(ids, W.shape)
 
 
@@ -136,24 +139,26 @@ def onehot_affine_backward(dout: np.ndarray, cache: OneHotAffineCache):
 
     np.add.at and np.add.reduceat are both far slower. The forward pass stays a row lookup.
     """
+    xp = backend_of(dout).xp
     H = dout.shape[-1]
     V = cache.W_shape[0]
     d2 = dout.reshape(-1, H)  # (N, H)
     ids = cache.ids.reshape(-1)  # (N,)
     if V <= PRODUCT_MAX_VOCAB:
-        selector = np.zeros((V, ids.size), dtype=dout.dtype)  # (V, N) one_hot(ids)^T
-        selector[ids, np.arange(ids.size)] = 1
+        selector = xp.zeros((V, ids.size), dtype=dout.dtype)  # (V, N) one_hot(ids)^T
+        selector[ids, xp.arange(ids.size)] = 1
         dW = selector @ d2  # (V, H)
     else:
-        dW = np.zeros((V, H), dtype=dout.dtype)
+        dW = xp.zeros((V, H), dtype=dout.dtype)
         if ids.size:
-            order = np.argsort(ids, kind="stable")
+            order = xp.argsort(ids, kind="stable")
             sorted_ids = ids[order]
-            starts = np.flatnonzero(np.concatenate(([True], sorted_ids[1:] != sorted_ids[:-1])))
-            ends = np.append(starts[1:], ids.size)
+            first = xp.ones(1, dtype=bool)
+            starts = xp.flatnonzero(xp.concatenate((first, sorted_ids[1:] != sorted_ids[:-1])))
+            ends = xp.concatenate((starts[1:], xp.full(1, ids.size, dtype=starts.dtype)))
             rows = d2[order]  # (N, H) grouped by character
-            for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
-                rows[start:end].sum(axis=0, out=dW[sorted_ids[start]])
+            for v, start, end in zip(sorted_ids[starts].tolist(), starts.tolist(), ends.tolist(), strict=True):
+                rows[start:end].sum(axis=0, out=dW[v])  # an int index: dW[v] is a view on either device
     db = dW.sum(axis=0)  # every position adds its row to exactly one row of dW
     return dW, db
 
@@ -169,12 +174,13 @@ def affine_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray, out: np.ndarray 
     x: (..., D); W: (D, H); b: (H,). Returns out (..., H), written into `out` if given
     (C-contiguous, that shape, W's dtype).
     """
+    be = backend_of(W)
     D, H = W.shape
     shape = (*x.shape[:-1], H)
-    dtype = np.result_type(x, W)
-    out = empty_aligned(shape, dtype) if out is None else _check_out(out, shape, dtype, x, W, b)
+    dtype = np.result_type(x.dtype, W.dtype)
+    out = be.empty(shape, dtype) if out is None else _check_out(out, shape, dtype, x, W, b)
     o2 = out.reshape(-1, H)  # (N, H), a view
-    np.matmul(x.reshape(-1, D), W, out=o2)
+    be.xp.matmul(x.reshape(-1, D), W, out=o2)
     o2 += b
     return out, AffineCache(x, W)
 
@@ -185,14 +191,15 @@ def affine_backward(dout: np.ndarray, cache: AffineCache, out: np.ndarray | None
     dx is written into `out` if given (C-contiguous, the shape of x).
     """
     x, W = cache
+    be = backend_of(W)
     D, H = W.shape
     x2 = x.reshape(-1, D)  # (N, D)
     d2 = dout.reshape(-1, H)  # (N, H)
-    dtype = np.result_type(dout, W)
-    dx = empty_aligned(x.shape, dtype) if out is None else _check_out(out, x.shape, dtype, dout, x, W)
-    np.matmul(d2, W.T, out=dx.reshape(-1, D))
+    dtype = np.result_type(dout.dtype, W.dtype)
+    dx = be.empty(x.shape, dtype) if out is None else _check_out(out, x.shape, dtype, dout, x, W)
+    be.xp.matmul(d2, W.T, out=dx.reshape(-1, D))
     dW = x2.T @ d2
-    db = np.ones(d2.shape[0], dtype=d2.dtype) @ d2  # column sums as one matrix-vector product (short rows sum slowly)
+    db = be.xp.ones(d2.shape[0], dtype=d2.dtype) @ d2  # column sums as one matrix-vector product (short rows: slow)
     return dx, dW, db
 
 
@@ -240,40 +247,41 @@ def softmax_cross_entropy(
     redone with its own maximum. -log p is log(sum) - (shifted target logit): exact
     even when p itself underflows.
     """
-    logits = np.ascontiguousarray(logits)  # the flat indices assume C order
+    be = backend_of(logits)
+    xp = be.xp
+    logits = xp.ascontiguousarray(logits)  # the flat indices assume C order
     N, V = logits.shape
     dtype = logits.dtype
-    targets = np.asarray(targets)
+    targets = be.asarray(targets)
     if targets.shape != (N,) or not np.issubdtype(targets.dtype, np.integer):
         raise ValueError(f"targets must be {N} integer ids, got {targets.dtype} {targets.shape}")
-    if N and (targets.min() < 0 or targets.max() >= V):
-        raise IndexError(f"targets must lie in [0, {V})")
-    flat = np.arange(0, N * V, V) + targets  # (N,) flat index of each row's target
+    be.check_ids(targets, V, "targets")
+    flat = xp.arange(0, N * V, V) + targets  # (N,) flat index of each row's target
     if out is None:
-        out = empty_aligned(logits.shape, dtype)
+        out = be.empty(logits.shape, dtype)
     else:
         _check_out(out, logits.shape, dtype, logits)  # rows far below the maximum are redone from logits
     shift = logits.max()
-    probs = np.subtract(logits, shift, out=out)  # (N, V), <= 0
+    probs = xp.subtract(logits, shift, out=out)  # (N, V), <= 0
     shifted_target = probs.reshape(-1)[flat]  # (N,)
-    np.exp(probs, out=probs)
-    sums = probs @ np.ones(V, dtype=dtype)  # (N,), >= exp(row max - shift)
-    low = np.flatnonzero(sums < _MIN_SHIFTED_SUM)
+    xp.exp(probs, out=probs)
+    sums = probs @ xp.ones(V, dtype=dtype)  # (N,), >= exp(row max - shift)
+    low = xp.flatnonzero(sums < _MIN_SHIFTED_SUM)
     if low.size:  # rows far below the batch maximum: shift each by its own maximum
         sub = logits[low]
         sub = sub - sub.max(axis=1, keepdims=True)  # (n_low, V)
-        shifted_target[low] = sub[np.arange(low.size), targets[low]]
-        np.exp(sub, out=sub)
+        shifted_target[low] = sub[xp.arange(low.size), targets[low]]
+        xp.exp(sub, out=sub)
         probs[low] = sub
         sums[low] = sub.sum(axis=1)
-    nll = np.log(sums) - shifted_target  # (N,) exact -log p
+    nll = xp.log(sums) - shifted_target  # (N,) exact -log p
     if mask is None:
         count = N
         loss = float(nll.sum(dtype=np.float64)) / count
-        scale = np.divide(dtype.type(1.0 / count), sums)  # (N,) softmax normaliser and 1/count in one pass
+        scale = xp.divide(dtype.type(1.0 / count), sums)  # (N,) softmax normaliser and 1/count in one pass
         target_grad = dtype.type(1.0 / count)
     else:
-        mask = np.asarray(mask, dtype=dtype)
+        mask = be.asarray(mask, dtype=dtype)
         count = float(mask.sum(dtype=np.float64))
         if count <= 0:
             raise ValueError("the mask leaves no position to score")

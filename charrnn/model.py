@@ -30,6 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .backend import CPU, backend_of, get_backend, to_host
 from .cells import make_cell
 from .layers import (
     AffineCache,
@@ -37,7 +38,6 @@ from .layers import (
     affine_backward,
     affine_forward,
     aligned_copy,
-    empty_aligned,
     onehot_affine_backward,
     onehot_affine_forward,
     softmax_cross_entropy,
@@ -122,6 +122,7 @@ class CharRNN:
         seed: int = 0,
         dtype=np.float32,
         params: dict[str, np.ndarray] | None = None,
+        device: str = "cpu",
     ):
         for label, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if int(value) != value or value < 1:
@@ -129,6 +130,9 @@ class CharRNN:
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
         self.cell = make_cell(cell, activation)  # ValueError for an unknown cell or a wrong activation
+        self.backend = be = get_backend(device)  # DeviceError (one line) without CuPy or a GPU
+        self.device = be.name
+        self.xp = be.xp
         self.vocab_size = int(vocab_size)
         self.hidden_size = int(hidden_size)
         self.num_layers = int(num_layers)
@@ -142,6 +146,7 @@ class CharRNN:
         if params is None:
             rng = np.random.default_rng(seed)
             params = init_params(vocab_size, hidden_size, num_layers, cell, activation, rng, self.dtype)
+            params = {name: be.asarray(p) for name, p in params.items()}  # drawn on the host, then uploaded
         else:
             if set(params) != set(shapes):
                 missing, extra = sorted(set(shapes) - set(params)), sorted(set(params) - set(shapes))
@@ -151,20 +156,36 @@ class CharRNN:
             for name, shape in shapes.items():
                 if params[name].shape != shape:
                     raise ValueError(f"parameter {name} has shape {params[name].shape}, expected {shape}")
-            params = {name: aligned_copy(params[name], self.dtype) for name in shapes}
+            params = {name: be.copy(params[name], self.dtype) for name in shapes}
         self.params: dict[str, np.ndarray] = params
         self._buffers: dict[str, np.ndarray] = {}  # see _buffer
 
     @classmethod
     def from_params(
-        cls, params: dict[str, np.ndarray], cell: str = "rnn", activation: str = "tanh", dropout: float = 0.0
+        cls,
+        params: dict[str, np.ndarray],
+        cell: str = "rnn",
+        activation: str = "tanh",
+        dropout: float = 0.0,
+        device: str = "cpu",
     ) -> CharRNN:
-        """Rebuild a model around existing parameters; sizes and dtype are read from them."""
+        """Rebuild a model around existing parameters (host or device arrays) on a device; sizes and dtype
+        are read from them."""
         if "Why" not in params:
             raise ValueError("parameters lack 'Why'")
         H, V = params["Why"].shape
         L = sum(1 for name in params if name.startswith("layers.") and name.endswith(".Whh"))
-        return cls(V, H, L, cell, activation, dropout, dtype=params["Why"].dtype, params=params)
+        return cls(V, H, L, cell, activation, dropout, dtype=params["Why"].dtype, params=params, device=device)
+
+    def to(self, device: str) -> CharRNN:
+        """This model on another device (a copy; the same model if it is there already)."""
+        if get_backend(device) is self.backend:
+            return self
+        return CharRNN.from_params(self.host_params(), self.cell.name, self.activation, self.dropout, device)
+
+    def host_params(self) -> dict[str, np.ndarray]:
+        """The parameters as numpy arrays (what checkpoints hold), whatever the device."""
+        return {name: to_host(p) for name, p in self.params.items()}
 
     @property
     def num_params(self) -> int:
@@ -177,7 +198,7 @@ class CharRNN:
 
     def initial_state(self, batch_size: int) -> np.ndarray:
         """The zero state, (L, B, S)."""
-        return zeros_aligned((self.num_layers, batch_size, self.state_size), self.dtype)
+        return self.backend.zeros((self.num_layers, batch_size, self.state_size), self.dtype)
 
     def _buffer(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
         """A work array kept from call to call (reallocated when its shape changes).
@@ -189,13 +210,14 @@ class CharRNN:
         """
         buf = self._buffers.get(name)
         if buf is None or buf.shape != shape:
-            buf = self._buffers[name] = empty_aligned(shape, self.dtype)
+            buf = self._buffers[name] = self.backend.empty(shape, self.dtype)
         return buf
 
     # ------------------------------------------------------------------ checks
 
     def _check_ids(self, name: str, ids) -> np.ndarray:
-        ids = np.asarray(ids)
+        """ids checked on the host (a device's layers do not check them: see backend.check_ids)."""
+        ids = np.asarray(to_host(ids))
         if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"{name} must be a 2-D integer array (B, T), got {ids.dtype} {ids.shape}")
         if ids.size and (ids.min() < 0 or ids.max() >= self.vocab_size):
@@ -205,7 +227,7 @@ class CharRNN:
     def _check_state(self, h0, batch_size: int) -> np.ndarray:
         if h0 is None:
             return self.initial_state(batch_size)
-        h0 = np.asarray(h0, dtype=self.dtype)
+        h0 = self.backend.asarray(h0, dtype=self.dtype)  # a state from the host (a checkpoint) goes up
         expected = (self.num_layers, batch_size, self.state_size)
         if h0.shape != expected:
             raise ValueError(f"h0 must have shape (L, B, S) = {expected}, got {h0.shape}")
@@ -222,7 +244,9 @@ class CharRNN:
         on the model's work arrays.
         """
         T, B = ids_tb.shape
+        ids_tb = self.backend.asarray(ids_tb)  # up as a small integer array (no copy on the CPU)
         H, GH = self.hidden_size, self.cell.gates * self.hidden_size
+        xp = self.xp
         drop = self.dropout if rng is not None else 0.0
         proj_caches, cell_caches, masks, last = [], [], [], []
         x = None
@@ -238,15 +262,16 @@ class CharRNN:
             mask = None
             if drop > 0:
                 mask = None if buffer is None else buffer(f"mask.{i}", (T, B, H))
-                mask = dropout_mask(rng, (T, B, H), drop, self.dtype, out=mask)
-                dropped = empty_aligned((T, B, H), self.dtype) if buffer is None else buffer(f"drop.{i}", (T, B, H))
-                hs = np.multiply(hs, mask, out=dropped)
+                mask = dropout_mask(rng, (T, B, H), drop, self.dtype, out=mask, be=self.backend)
+                shape = (T, B, H)
+                dropped = self.backend.empty(shape, self.dtype) if buffer is None else buffer(f"drop.{i}", shape)
+                hs = xp.multiply(hs, mask, out=dropped)
             proj_caches.append(pc)
             cell_caches.append(cc)
             masks.append(mask)
             last.append(s_last)
             x = hs
-        h_last = np.stack(last) if T else h0.copy()  # (L, B, S), a copy
+        h_last = xp.stack(last) if T else h0.copy()  # (L, B, S), a copy
         return x, h_last, proj_caches, cell_caches, masks
 
     def forward(self, x, h0=None):
@@ -264,18 +289,22 @@ class CharRNN:
         The plain inference path (no caches); the sampler runs the fused `Stepper`,
         which computes the same.
         """
-        ids = np.asarray(ids).reshape(-1)
+        ids = np.asarray(to_host(ids)).reshape(-1)
+        # checked here, on the host, on either device: CuPy's indexing does not range-check
+        CPU.check_ids(ids, self.vocab_size, "ids")
+        ids = self.backend.asarray(ids)
         if h.shape != (self.num_layers, ids.shape[0], self.state_size):
             raise ValueError(f"h must have shape (L, B, S) = {(self.num_layers, ids.shape[0], self.state_size)}")
         H = self.hidden_size
-        h_new = np.array(h, dtype=self.dtype)  # each layer's state is updated in place
+        h = self.backend.asarray(h)
+        h_new = self.xp.array(h, dtype=self.dtype)  # each layer's state is updated in place
         x = None
         for i in range(self.num_layers):
             lp = self.layer_params(i)
             b_in, b_rec = self.cell.split_bias(lp)
             ax = (lp["Wxh"][ids] if i == 0 else x @ lp["Wxh"]) + b_in  # (B, G*H)
             v = h[i][:, :H] @ lp["Whh"] + b_rec  # (B, G*H)
-            self.cell.step_(ax, v, h_new[i][:, :H], h_new[i][:, H:])
+            self.cell.step_fn(self.xp)(ax, v, h_new[i][:, :H], h_new[i][:, H:])
             x = h_new[i][:, :H]
         logits = x @ self.params["Why"]  # (B, V)
         logits += self.params["by"]
@@ -301,17 +330,18 @@ class CharRNN:
             raise ValueError("x must hold at least one position")
         h0 = self._check_state(h0, B)
         if mask is not None:
-            mask = np.asarray(mask)
+            mask = np.asarray(to_host(mask))
             if mask.shape != x.shape:
                 raise ValueError(f"mask must have the shape of x {x.shape}, got {mask.shape}")
-            mask = mask.T.reshape(-1)  # (T*B,) time-major like the logits
+            mask = self.backend.asarray(mask.T.reshape(-1))  # (T*B,) time-major like the logits
         hs, h_last, proj_caches, cell_caches, masks = self._hidden_states(np.ascontiguousarray(x.T), h0, buffer, rng)
         V = self.vocab_size
         logits = dlogits = None
         if buffer is not None:
             logits, dlogits = buffer("logits", (T, B, V)), buffer("dlogits", (T * B, V))
         logits, out_cache = affine_forward(hs, self.params["Why"], self.params["by"], out=logits)  # (T, B, V)
-        loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, V), y.T.reshape(-1), mask, out=dlogits)
+        targets = self.backend.asarray(y.T.reshape(-1))
+        loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, V), targets, mask, out=dlogits)
         return loss, ModelCache(proj_caches, cell_caches, masks, out_cache, dlogits), h_last
 
     # ---------------------------------------------------------------- backward
@@ -321,7 +351,7 @@ class CharRNN:
         parts = [self.cell.kink_pattern(c) for c in cache.cells]
         if all(part is None for part in parts):
             return None
-        return np.concatenate([np.ravel(part) for part in parts if part is not None])
+        return np.concatenate([np.ravel(to_host(part)) for part in parts if part is not None])
 
     def backward(self, cache: ModelCache):
         """Gradients of the loss of `forward_loss`: (grads keyed like params, dh0 (L, B, S))."""
@@ -333,7 +363,7 @@ class CharRNN:
         H = self.hidden_size
         dx = None if buffer is None else buffer("dhs", (T, B, H))
         dhs, grads["Why"], grads["by"] = affine_backward(cache.dlogits.reshape(T, B, -1), cache.out, out=dx)
-        dh0 = np.empty((self.num_layers, B, self.state_size), dtype=self.dtype)
+        dh0 = self.xp.empty((self.num_layers, B, self.state_size), dtype=self.dtype)
         for i in range(self.num_layers - 1, -1, -1):
             if cache.masks[i] is not None:
                 dhs *= cache.masks[i]  # through the dropout: the kept units, scaled
@@ -374,15 +404,18 @@ def _layer_buffer(buffer, i: int):
     return lambda name, shape: buffer(f"cell.{i}.{name}", shape)
 
 
-def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype, out=None) -> np.ndarray:
+def dropout_mask(rng: np.random.Generator, shape: tuple[int, ...], p: float, dtype, out=None, be=None) -> np.ndarray:
     """Inverted-dropout multipliers: 0 with probability p, else 1/(1-p), drawn from rng.
 
     The uniforms are drawn in float32 whatever the model's dtype, so a float32 and a
-    float64 model with the same seed drop the same units.
+    float64 model with the same seed drop the same units, and so do a CPU and a GPU model: the
+    draws are made on the host (from the run's generator) and go up. be: the backend of the
+    result (default: out's, else the CPU).
     """
-    u = rng.random(shape, dtype=np.float32)
-    out = empty_aligned(shape, dtype) if out is None else out
-    np.greater_equal(u, np.float32(p), out=out)  # 1.0 where kept
+    be = be or (CPU if out is None else backend_of(out))
+    u = be.asarray(rng.random(shape, dtype=np.float32))  # drawn on the host on every device, then uploaded
+    out = be.empty(shape, dtype) if out is None else out
+    be.xp.greater_equal(u, np.float32(p), out=out)  # 1.0 where kept
     out *= np.dtype(dtype).type(1.0 / (1.0 - p))
     return out
 
@@ -402,7 +435,8 @@ class Stepper:
     >>> s = model.stepper(h)              # h: (L, K, S), e.g. after the prime
     >>> logits = s.feed(ids)              # ids (K,) -> logits (K, V) of the next character
 
-    The returned logits are a view into the stepper's buffer, valid until the next feed.
+    The returned logits are a numpy array on every device: on the CPU a view into the stepper's
+    buffer, valid until the next feed; from a GPU a copy brought to the host (the state stays there).
     """
 
     def __init__(self, model: CharRNN, h: np.ndarray):
@@ -410,12 +444,15 @@ class Stepper:
         if h.ndim != 3 or h.shape[0] != L or h.shape[2] != S:
             raise ValueError(f"h must have shape (L, K, S) with L = {L}, S = {S}, got {h.shape}")
         K, dtype, cell = h.shape[1], model.dtype, model.cell
+        be = self.backend = model.backend
+        h = be.asarray(h)
         GH = cell.gates * H
-        self.step_ = cell.step_
+        self.step_ = cell.step_fn(be.xp)
+        self.dot = be.xp.dot
         biases = [cell.split_bias(model.layer_params(i)) for i in range(L)]  # (b_in, b_rec) per layer
         # (V, G*H) x_t Wxh + b_in for a one-hot x_t: a row. A copy, like the fused weights: a
         # stepper is a snapshot of the model, unaffected by later parameter updates
-        self.embed = aligned_copy(p["layers.0.Wxh"] + biases[0][0])
+        self.embed = be.copy(p["layers.0.Wxh"] + biases[0][0])
         self.K = K
         self.layers = []
         Kp = -(-(H + 1) // 16) * 16  # [h, 1] padded with zeros to whole 64-byte lines: rows stay aligned
@@ -425,28 +462,36 @@ class Stepper:
             b_above = p["by"] if top else biases[i + 1][0]
             # (Kp, G*H+D): rows [Whh, W_above], then [b_rec, b_above], then zeros. Stored transposed
             # and 64-byte aligned: the matrix-vector product runs ~15% faster each way
-            W = zeros_aligned((GH + W_above.shape[1], Kp), dtype).T
+            W = be.zeros((GH + W_above.shape[1], Kp), dtype).T
             W[:H, :GH], W[:H, GH:] = p[f"layers.{i}.Whh"], W_above
             W[H, :GH], W[H, GH:] = biases[i][1], b_above
-            hbuf = zeros_aligned((K, Kp), dtype)  # (K, Kp): [h_t, 1, 0...]; the 1 and the zeros stay
+            hbuf = be.zeros((K, Kp), dtype)  # (K, Kp): [h_t, 1, 0...]; the 1 and the zeros stay
             hbuf[:, :H], hbuf[:, H] = h[i][:, :H], 1
-            rest = aligned_copy(h[i][:, H:], dtype)  # (K, S-H): the rest of the state (lstm: c)
-            z = empty_aligned((K, W.shape[1]), dtype)  # (K, G*H+D): [h Whh + b_rec, h W_above + b_above]
-            np.dot(hbuf, W, out=z)
+            rest = be.copy(h[i][:, H:], dtype)  # (K, S-H): the rest of the state (lstm: c)
+            z = be.empty((K, W.shape[1]), dtype)  # (K, G*H+D): [h Whh + b_rec, h W_above + b_above]
+            be.xp.dot(hbuf, W, out=z)
             # views fixed once: (full [h, 1] buffer, its h part, the rest, weights, product, its two parts)
             self.layers.append((hbuf, hbuf[:, :H], rest, W, z, z[:, :GH], z[:, GH:]))
         # the same buffers as 1-D views of their first row, for feed_one
         self.single = [(hb[0], hh[0], r[0], W, z[0], rec[0], ab[0]) for hb, hh, r, W, z, rec, ab in self.layers]
+        # the logits go to the host, where the sampler draws: on the CPU they are there (the one-row loop
+        # pays nothing); from a GPU, feed and feed_one bring them down
+        if not be.host:
+            device_feed, device_feed_one = self.feed, self.feed_one
+            self.feed = lambda ids: be.asnumpy(device_feed(ids))
+            self.feed_one = lambda c: be.asnumpy(device_feed_one(c))
 
     def feed(self, ids) -> np.ndarray:
         """Advance every sequence by one character, ids (K,); returns the logits (K, V) that follow."""
         if np.shape(ids) != (self.K,):
             raise ValueError(f"ids must have shape ({self.K},), got {np.shape(ids)}")
-        x = self.embed[ids]  # (K, G*H) x_t Wxh + b_in of layer 0
-        step_ = self.step_
+        ids = np.asarray(to_host(ids))
+        CPU.check_ids(ids, self.embed.shape[0], "ids")  # on the host: CuPy's indexing does not range-check
+        x = self.embed[self.backend.asarray(ids)]  # (K, G*H) x_t Wxh + b_in of layer 0
+        step_, dot = self.step_, self.dot
         for hbuf, h, rest, W, z, recurrent, above in self.layers:
             step_(x, recurrent, h, rest)  # the new state, written where the old one was
-            np.dot(hbuf, W, out=z)
+            dot(hbuf, W, out=z)
             x = above  # the next layer's input term (its b_in folded in), or the logits
         return x
 
@@ -458,14 +503,15 @@ class Stepper:
         """
         if self.K != 1:
             raise ValueError(f"feed_one advances a single sequence; this stepper holds {self.K}")
-        x, step_ = self.embed[c], self.step_  # (G*H,)
+        x, step_, dot = self.embed[c], self.step_, self.dot  # (G*H,)
         for hbuf, h, rest, W, z, recurrent, above in self.single:
             step_(x, recurrent, h, rest)
-            np.dot(hbuf, W, out=z)
+            dot(hbuf, W, out=z)
             x = above
         return x
 
     @property
     def h(self) -> np.ndarray:
         """The current state (L, K, S), a copy."""
-        return np.stack([np.concatenate([layer[1], layer[2]], axis=-1) for layer in self.layers])
+        xp = self.backend.xp
+        return xp.stack([xp.concatenate([layer[1], layer[2]], axis=-1) for layer in self.layers])

@@ -23,6 +23,8 @@ import math
 
 import numpy as np
 
+from .backend import backend_of
+
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam")
 SLOTS = {"sgd": (), "momentum": ("v",), "adagrad": ("G",), "rmsprop": ("s",), "adam": ("m", "v")}
 
@@ -31,12 +33,14 @@ def init_state(optimizer: str, params: dict[str, np.ndarray]) -> dict[str, np.nd
     """Zeroed state arrays for every slot of the optimizer and every parameter."""
     if optimizer not in SLOTS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
-    return {f"{slot}.{name}": np.zeros_like(p) for slot in SLOTS[optimizer] for name, p in params.items()}
+    return {f"{slot}.{name}": backend_of(p).xp.zeros_like(p) for slot in SLOTS[optimizer] for name, p in params.items()}
 
 
 def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """sqrt of the sum of squares of every gradient entry (accumulated in float64)."""
-    return math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
+    """sqrt of the sum of squares of every gradient entry (accumulated in float64; on a GPU, on the device)."""
+    if not grads:
+        return 0.0
+    return math.sqrt(backend_of(next(iter(grads.values()))).sum_squares(grads.values()))
 
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
@@ -91,6 +95,7 @@ def apply_update(
     """
     wd = cfg.weight_decay
     base_lr = lr
+    xp = backend_of(next(iter(params.values()))).xp if params else np
     for name, p in params.items():
         g = grads[name]
         dt = p.dtype.type
@@ -108,14 +113,14 @@ def apply_update(
         elif optimizer == "adagrad":
             G = state[f"G.{name}"]
             G += g * g
-            g /= np.sqrt(G) + dt(cfg.eps)
+            g /= xp.sqrt(G) + dt(cfg.eps)
             g *= dt(lr)
             p -= g
         elif optimizer == "rmsprop":
             s = state[f"s.{name}"]
             s *= dt(cfg.rms_decay)
             s += dt(1 - cfg.rms_decay) * (g * g)
-            g /= np.sqrt(s) + dt(cfg.eps)
+            g /= xp.sqrt(s) + dt(cfg.eps)
             g *= dt(lr)
             p -= g
         elif optimizer == "adam":
@@ -130,9 +135,9 @@ def apply_update(
             # p -= lr_t * m / (sqrt(v) + eps_t): the bias corrections folded into two scalars
             lr_t = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
             eps_t = cfg.eps * math.sqrt(1 - b2**t)
-            np.sqrt(v, out=g)
+            xp.sqrt(v, out=g)
             g += dt(eps_t)
-            np.divide(m, g, out=g)
+            xp.divide(m, g, out=g)
             g *= dt(lr_t)
             p -= g
         else:

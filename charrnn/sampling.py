@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint
+from .backend import backend_of, get_backend
 from .data import Vocab
 from .errors import CharRNNError, plural
 from .model import CharRNN
@@ -220,8 +221,8 @@ def iter_samples(
     for start in range(0, K, g):
         size = min(g, K - start)
         rngs = sample_rngs(seed, size, start)
-        stepper = model.stepper(np.repeat(h1, size, axis=1))
-        # (size, V); with nothing to start from, the zero state and a uniform first character
+        stepper = model.stepper(backend_of(h1).xp.repeat(h1, size, axis=1))  # on the model's device
+        # (size, V) on the host; with nothing to start from, the zero state and a uniform first character
         logits = stepper.feed(np.full(size, last)) if prime else np.zeros((size, V), dtype=model.dtype)
         if size == 1 and not decoding.filtered:
             pieces = _pieces_one(stepper, logits[0], n, rngs[0], decoding.temperature, decoding.argmax, chars)
@@ -480,6 +481,7 @@ def open_run(
     unknown: str = "error",
     prime_echo: bool = True,
     keep_text: bool = True,
+    device: str = "cpu",
 ) -> SampleRun:
     """Load a checkpoint and check a sampling request; returns the `SampleRun` that draws it.
 
@@ -487,11 +489,13 @@ def open_run(
     "skip" (they are dropped; a prime dropped entirely raises). keep_text: whether the
     caller keeps the K texts (--json, --no-stream); counted in the memory check, which
     raises SampleError when the request needs more than the memory available.
-    Without a seed one is drawn (`fresh_seed`); info["seed"] says which.
+    Without a seed one is drawn (`fresh_seed`); info["seed"] says which. device: where the
+    model runs (cpu, or cuda: the draws stay on the host, from the same generators).
     """
     _check_length(n)
     decoding = decoding or Decoding()
-    model, vocab, ckpt = checkpoint.load_model(path)
+    get_backend(device)  # cuda without CuPy or a GPU: that line first
+    model, vocab, ckpt = checkpoint.load_model(path, device)
     missing = vocab.unknown(prime)
     dropped_count = 0
     if missing:

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from . import checkpoint, finetune
+from .backend import get_backend
 from .config import ARCHITECTURE, Config, model_differences
 from .data import DataError, Dataset, fingerprint, load_dataset
 from .errors import CharRNNError, plural
@@ -326,7 +327,7 @@ def new_run(cfg: Config, ds: Dataset) -> Run:
         params, origin = finetune.init_from(cfg.train.init_from, cfg, ds.vocab, params)
         st.init_from = origin.to_json()
     model = CharRNN(ds.vocab.size, mc.hidden_size, mc.num_layers, mc.cell, mc.activation, mc.dropout,
-                    dtype=DTYPES[mc.dtype], params=params)  # fmt: skip
+                    dtype=DTYPES[mc.dtype], params=params, device=cfg.train.device)  # fmt: skip
     return Run(model, init_state(cfg.train.optimizer, model.params), st, rng)
 
 
@@ -336,7 +337,7 @@ def resumed_run(cfg: Config, ds: Dataset, path: Path) -> Run:
         raise TrainError(f"nothing to resume: {path} does not exist")
     ckpt = checkpoint.load(path)
     data_fingerprint = check_compatible(cfg, ckpt, ds)
-    model = ckpt.model()
+    model = ckpt.model(cfg.train.device)  # whichever device wrote it
     model.dropout = cfg.model.dropout  # a training setting, like the learning rate: the config's applies
     if set(ckpt.optim_state) != set(init_state(cfg.train.optimizer, model.params)):
         raise TrainError(f"cannot resume {path}: it was trained with another optimizer than {cfg.train.optimizer!r}")
@@ -349,7 +350,8 @@ def resumed_run(cfg: Config, ds: Dataset, path: Path) -> Run:
     st.data_fingerprint = data_fingerprint  # a checkpoint written before fingerprints gets one from now on
     h = ckpt.h if ckpt.h is not None and ckpt.h.shape[1] == cfg.train.batch_size else None
     change = schedule_change(ckpt.config.train, cfg.train, st.step)
-    return Run(model, ckpt.optim_state, st, rng, h, notes=[change] if change else [])
+    opt_state = {name: model.backend.asarray(a) for name, a in ckpt.optim_state.items()}
+    return Run(model, opt_state, st, rng, h, notes=[change] if change else [])
 
 
 def _check_sizes(cfg: Config, ds: Dataset) -> int:
@@ -395,6 +397,7 @@ def train(
     """
     if cfg.train.threads:
         set_threads(cfg.train.threads)
+    get_backend(cfg.train.device)  # cuda without CuPy or a GPU: one line (DeviceError) before anything is written
     ds = dataset or load_dataset(cfg.data)
     n_windows = _check_sizes(cfg, ds)
     out = Path(cfg.out_dir)
@@ -439,7 +442,7 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
     lr_scale = {"layers.0.Wxh": tc.input_lr_scale} if tc.input_lr_scale != 1.0 else None
     what = f"{mc.cell} {mc.num_layers} x {mc.hidden_size}" + (f", dropout {mc.dropout:g}" if mc.dropout else "")
     cb("start", {"step": st.step, "max_steps": tc.max_steps, "resumed": resume, "model": what,
-                 "params": model.num_params, "out_dir": str(out), "vocab_size": ds.vocab.size,
+                 "params": model.num_params, "out_dir": str(out), "device": model.device, "vocab_size": ds.vocab.size,
                  "windows_per_epoch": n_windows, "time_limit": tc.time_limit, "elapsed_s": st.elapsed,
                  "init_from": st.init_from and finetune.Origin.from_json(st.init_from).describe(),
                  "notes": notes + run.notes})  # fmt: skip
@@ -617,8 +620,9 @@ class _Evaluator:
         return bool(tc.patience and st.evals_since_best >= tc.patience)
 
 
-def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None = None) -> dict:
-    """Validation loss of a checkpoint over the whole val split of its data (or of `data`)."""
+def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None = None, device: str = "cpu") -> dict:
+    """Validation loss of a checkpoint over the whole val split of its data (or of `data`), on device."""
+    get_backend(device)  # cuda without CuPy or a GPU: that line first
     ckpt = checkpoint.load(path)
     cfg = ckpt.config
     try:
@@ -631,7 +635,7 @@ def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None =
     if ds.vocab.chars != ckpt.vocab.chars:
         raise TrainError(f"the vocabulary of {ds.path} differs from the checkpoint's "
                          f"({ckpt.vocab.difference(ds.vocab)})")  # fmt: skip
-    model = ckpt.model()
+    model = ckpt.model(device)
     B = batch_size or cfg.train.batch_size
     val = evaluate(model, ds.val, B, cfg.train.seq_length)
     return {"checkpoint": ckpt.path, "data": ds.path, "step": ckpt.step, "val_loss": val, "val_bpc": val / LN2,

@@ -14,8 +14,9 @@ is shared and lives in the model. A cell offers:
     forward(a, s0, p, buffer)        -> (hs (T, B, H), s_last (B, S), cache)
     backward(dhs, cache, buffer)     -> (da (T, B, G*H), ds0 (B, S), {"Whh": ..., extra recurrent params})
     split_bias(p) -> (b_in, b_rec)   the layer's biases as one on the input side and one on the recurrent side
-    step_(ax, v, h, rest)            one inference step in place: ax = x Wxh + b_in, v = h Whh + b_rec,
-                                     h (K, H) and rest (K, S - H) hold the state before and after
+    step_(ax, v, h, rest, xp=np)     one inference step in place: ax = x Wxh + b_in, v = h Whh + b_rec,
+                                     h (K, H) and rest (K, S - H) hold the state before and after;
+                                     xp the array module (numpy or cupy), bound by step_fn(xp)
 
 forward and backward may overwrite their first argument (a, dhs) and return it
 as an output; `buffer(name, shape)`, if given, supplies work arrays kept from

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from ..layers import empty_aligned
+from ..backend import backend_of
 
 
 class BaseCell:
@@ -47,16 +49,20 @@ class BaseCell:
 
     def split_bias(self, p: dict) -> tuple[np.ndarray, np.ndarray]:
         """(b_in, b_rec): by default the whole bias sits on the recurrent side."""
-        return np.zeros_like(p["bh"]), p["bh"]
+        return backend_of(p["bh"]).xp.zeros_like(p["bh"]), p["bh"]
+
+    def step_fn(self, xp=np):
+        """`step_` bound once to an array module (numpy or cupy): the maths holds no device branch."""
+        return functools.partial(self.step_, xp=xp)
 
     def __repr__(self) -> str:
         args = repr(self.activation) if len(self.activations) > 1 else ""
         return f"{type(self).__name__}({args})"
 
 
-def work(buffer, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
-    """A work array: the model's kept one (buffer(name, shape)) or a fresh aligned one."""
-    return empty_aligned(shape, dtype) if buffer is None else buffer(name, shape)
+def work(buffer, name: str, shape: tuple[int, ...], dtype, be) -> np.ndarray:
+    """A work array: the model's kept one (buffer(name, shape)) or a fresh one from backend be."""
+    return be.empty(shape, dtype) if buffer is None else buffer(name, shape)
 
 
 # Rows of (B, G*H) gate work that the gated cells prepare in one call: in the forward the LSTM's
@@ -71,10 +77,10 @@ def block_steps(T: int, B: int) -> int:
     return max(1, min(T, BLOCK_ROWS // B))
 
 
-def sigmoid_(x: np.ndarray) -> np.ndarray:
+def sigmoid_(x: np.ndarray, xp=np) -> np.ndarray:
     """The logistic function in place, as 0.5 * tanh(x / 2) + 0.5: one vectorised tanh, no overflow."""
     x *= 0.5
-    np.tanh(x, out=x)
+    xp.tanh(x, out=x)
     x *= 0.5
     x += 0.5
     return x

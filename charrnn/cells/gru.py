@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..layers import aligned_copy, empty_aligned, zeros_aligned
+from ..backend import backend_of
 from . import cell_activations
 from .base import BaseCell, block_steps, input_weights, orthogonal, sigmoid_, work
 
@@ -47,32 +47,34 @@ def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray,
     r and z columns of Whh negated once so that one subtraction forms -x (see the
     LSTM's `exp_scale`); exp overflowing to inf gives the right 0.
     """
+    be = backend_of(u)
+    xp = be.xp
     T, B, G3 = u.shape
     H = G3 // 3
     dtype = u.dtype
-    hs = work(buffer, "hs", (T + 1, B, H), dtype)
-    hn = work(buffer, "hn", (T, B, H), dtype)
-    Whh_s = aligned_copy(Whh, dtype)
+    hs = work(buffer, "hs", (T + 1, B, H), dtype, be)
+    hn = work(buffer, "hn", (T, B, H), dtype, be)
+    Whh_s = be.copy(Whh, dtype)
     Whh_s[:, : 2 * H] *= -1
-    v = empty_aligned((B, G3), dtype)  # h_{t-1} Whh, its r and z blocks negated
+    v = be.empty((B, G3), dtype)  # h_{t-1} Whh, its r and z blocks negated
     hs[0] = h0
-    with np.errstate(over="ignore"):
+    with be.errstate(over="ignore"):
         for t in range(T):
             ut = u[t]
             h_prev, ht = hs[t], hs[t + 1]
-            np.matmul(h_prev, Whh_s, out=v)
+            xp.matmul(h_prev, Whh_s, out=v)
             rz = ut[:, : 2 * H]
-            np.subtract(v[:, : 2 * H], rz, out=rz)  # -(u + v) for r and z
-            np.exp(rz, out=rz)
+            xp.subtract(v[:, : 2 * H], rz, out=rz)  # -(u + v) for r and z
+            xp.exp(rz, out=rz)
             rz += 1
-            np.divide(1, rz, out=rz)
+            xp.divide(1, rz, out=rz)
             r, z, n = ut[:, :H], ut[:, H : 2 * H], ut[:, 2 * H :]
             hnt = hn[t]
-            np.add(v[:, 2 * H :], bhn, out=hnt)
-            np.multiply(r, hnt, out=ht)  # ht as scratch: r * (v_n + bhn)
+            xp.add(v[:, 2 * H :], bhn, out=hnt)
+            xp.multiply(r, hnt, out=ht)  # ht as scratch: r * (v_n + bhn)
             n += ht
-            np.tanh(n, out=n)
-            np.subtract(h_prev, n, out=ht)  # h_t = n + z * (h_{t-1} - n)
+            xp.tanh(n, out=n)
+            xp.subtract(h_prev, n, out=ht)  # h_t = n + z * (h_{t-1} - n)
             ht *= z
             ht += n
     return hs[1:], GRUCache(u, hn, hs, Whh)
@@ -88,49 +90,51 @@ def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
     written into du and over hn a block of steps at a time; the loop going back
     multiplies them in place.
     """
+    be = backend_of(dhs)
+    xp = be.xp
     gates, hn, hs, Whh = cache
     T, B, H = hn.shape
     dtype = hn.dtype
-    du = work(buffer, "du", (T, B, 3 * H), dtype)
-    dvn = work(buffer, "dvn", (T, B, H), dtype)  # dv_n for every step (dWhh's n block, dbhn)
+    du = work(buffer, "du", (T, B, 3 * H), dtype, be)
+    dvn = work(buffer, "dvn", (T, B, H), dtype, be)  # dv_n for every step (dWhh's n block, dbhn)
     K = block_steps(T, B)
-    x = work(buffer, "tmp", (K, B, H), dtype)
-    WhhT = aligned_copy(Whh.T)
-    carry = zeros_aligned((B, H), dtype)  # the gradient into h_t through step t+1
-    dv = empty_aligned((B, 3 * H), dtype)  # dv_t = [da_r, da_z, dv_n]
-    tmp = empty_aligned((B, H), dtype)
+    x = work(buffer, "tmp", (K, B, H), dtype, be)
+    WhhT = be.copy(Whh.T)
+    carry = be.zeros((B, H), dtype)  # the gradient into h_t through step t+1
+    dv = be.empty((B, 3 * H), dtype)  # dv_t = [da_r, da_z, dv_n]
+    tmp = be.empty((B, H), dtype)
     du3 = du.reshape(T, B, 3, H)  # a view: the blocks r, z, n along axis 2
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
         G, D, q, xb = gates[t0:t1], du[t0:t1], hn[t0:t1], x[: t1 - t0]  # q: v_n + bhn -> r (1-r) q
         r, z, n = G[..., :H], G[..., H : 2 * H], G[..., 2 * H :]
-        np.subtract(1, r, out=xb)
+        xp.subtract(1, r, out=xb)
         xb *= r
         q *= xb  # (v_n + bhn) r (1-r)
-        np.subtract(1, z, out=xb)
-        np.multiply(n, n, out=D[..., 2 * H :])
-        np.subtract(1, D[..., 2 * H :], out=D[..., 2 * H :])
+        xp.subtract(1, z, out=xb)
+        xp.multiply(n, n, out=D[..., 2 * H :])
+        xp.subtract(1, D[..., 2 * H :], out=D[..., 2 * H :])
         D[..., 2 * H :] *= xb  # (1-z)(1-n^2)
         xb *= z
-        np.subtract(hs[t0:t1], n, out=D[..., H : 2 * H])
+        xp.subtract(hs[t0:t1], n, out=D[..., H : 2 * H])
         D[..., H : 2 * H] *= xb  # (h_{t-1} - n) z (1-z)
         for t in range(t1 - 1, t0 - 1, -1):
             g_t, d_t = gates[t], du[t]
             dh = dhs[t]
             dh += carry
             du3[t, :, 1:] *= dh[:, None, :]  # da_z, da_n
-            np.multiply(d_t[:, 2 * H :], hn[t], out=d_t[:, :H])  # da_r = da_n (v_n + bhn) r (1-r)
-            np.multiply(d_t[:, 2 * H :], g_t[:, :H], out=dvn[t])  # dv_n = da_n * r
+            xp.multiply(d_t[:, 2 * H :], hn[t], out=d_t[:, :H])  # da_r = da_n (v_n + bhn) r (1-r)
+            xp.multiply(d_t[:, 2 * H :], g_t[:, :H], out=dvn[t])  # dv_n = da_n * r
             dv[:, : 2 * H] = d_t[:, : 2 * H]
             dv[:, 2 * H :] = dvn[t]
-            np.matmul(dv, WhhT, out=carry)
-            np.multiply(dh, g_t[:, H : 2 * H], out=tmp)  # the direct path h_{t-1} -> h_t
+            xp.matmul(dv, WhhT, out=carry)
+            xp.multiply(dh, g_t[:, H : 2 * H], out=tmp)  # the direct path h_{t-1} -> h_t
             carry += tmp
     hp = hs[:-1].reshape(-1, H).T  # (H, T*B) h_0..h_{T-1}
-    dWhh = np.empty((H, 3 * H), dtype=dtype)
-    np.matmul(hp, du[..., : 2 * H].reshape(-1, 2 * H), out=dWhh[:, : 2 * H])
-    np.matmul(hp, dvn.reshape(-1, H), out=dWhh[:, 2 * H :])
-    dbhn = np.ones(T * B, dtype=dtype) @ dvn.reshape(-1, H)
+    dWhh = xp.empty((H, 3 * H), dtype=dtype)
+    xp.matmul(hp, du[..., : 2 * H].reshape(-1, 2 * H), out=dWhh[:, : 2 * H])
+    xp.matmul(hp, dvn.reshape(-1, H), out=dWhh[:, 2 * H :])
+    dbhn = xp.ones(T * B, dtype=dtype) @ dvn.reshape(-1, H)
     return du, carry, dWhh, dbhn
 
 
@@ -156,7 +160,7 @@ class Cell(BaseCell):
     def split_bias(self, p):
         """u_n carries bh's n block; v carries bh's r and z blocks (they only add up) and bhn."""
         H = p["bhn"].shape[0]
-        b_in = np.zeros_like(p["bh"])
+        b_in = backend_of(p["bh"]).xp.zeros_like(p["bh"])
         b_in[2 * H :] = p["bh"][2 * H :]
         b_rec = p["bh"].copy()
         b_rec[2 * H :] = p["bhn"]
@@ -170,13 +174,13 @@ class Cell(BaseCell):
         du, dh0, dWhh, dbhn = gru_backward(dhs, cache, buffer)
         return du, dh0, {"Whh": dWhh, "bhn": dbhn}
 
-    def step_(self, ax, v, h, rest):
+    def step_(self, ax, v, h, rest, xp=np):
         H = h.shape[-1]
-        rz = np.add(ax[..., : 2 * H], v[..., : 2 * H])
-        sigmoid_(rz)
-        n = np.multiply(v[..., 2 * H :], rz[..., :H])  # r * (h Whh_n + bhn)
+        rz = xp.add(ax[..., : 2 * H], v[..., : 2 * H])
+        sigmoid_(rz, xp)
+        n = xp.multiply(v[..., 2 * H :], rz[..., :H])  # r * (h Whh_n + bhn)
         n += ax[..., 2 * H :]
-        np.tanh(n, out=n)
+        xp.tanh(n, out=n)
         h -= n  # h_t = n + z * (h_{t-1} - n)
         h *= rz[..., H:]
         h += n

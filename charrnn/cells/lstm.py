@@ -30,7 +30,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..layers import aligned_copy, empty_aligned, zeros_aligned
+from ..backend import backend_of
 from . import cell_activations
 from .base import BaseCell, block_steps, input_weights, orthogonal, previous_states_product, sigmoid_, work
 
@@ -71,38 +71,40 @@ def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
 
     a is overwritten with the gate activations. Returns hs (T, B, H) and a cache.
     """
+    be = backend_of(a)
+    xp = be.xp
     T, B, G4 = a.shape
     H = G4 // 4
     dtype = a.dtype
-    hs = work(buffer, "hs", (T, B, H), dtype)
-    cs = work(buffer, "cs", (T + 1, B, H), dtype)
-    tanh_cs = work(buffer, "tanh_cs", (T, B, H), dtype)
-    scale = exp_scale(H, dtype)
+    hs = work(buffer, "hs", (T, B, H), dtype, be)
+    cs = work(buffer, "cs", (T + 1, B, H), dtype, be)
+    tanh_cs = work(buffer, "tanh_cs", (T, B, H), dtype, be)
+    scale = be.asarray(exp_scale(H, dtype))
     numer = -scale  # [1, 1, 2, 1]: 2 / (1 + exp(-2 a_g)) = 1 + tanh(a_g)
-    Whh_s = aligned_copy(Whh * scale, dtype)  # h_{t-1} Whh, already scaled
-    rec = empty_aligned((B, G4), dtype)
-    ig = empty_aligned((B, H), dtype)  # i * g
+    Whh_s = be.copy(Whh * scale, dtype)  # h_{t-1} Whh, already scaled
+    rec = be.empty((B, G4), dtype)
+    ig = be.empty((B, H), dtype)  # i * g
     cs[0] = s0[:, H:]
     h_prev = s0[:, :H]
     K = block_steps(T, B)  # steps whose input terms are scaled in one call
-    with np.errstate(over="ignore"):
+    with be.errstate(over="ignore"):
         for t in range(T):
             if t % K == 0:
                 a[t : t + K] *= scale
             at = a[t]
-            np.matmul(h_prev, Whh_s, out=rec)
+            xp.matmul(h_prev, Whh_s, out=rec)
             at += rec
-            np.exp(at, out=at)
+            xp.exp(at, out=at)
             at += 1
-            np.divide(numer, at, out=at)  # [i, f, 1 + g, o]
+            xp.divide(numer, at, out=at)  # [i, f, 1 + g, o]
             i, f, g, o = at[:, :H], at[:, H : 2 * H], at[:, 2 * H : 3 * H], at[:, 3 * H :]
             g -= 1
             c = cs[t + 1]
-            np.multiply(f, cs[t], out=c)  # c_t = f * c_{t-1} + i * g
-            np.multiply(i, g, out=ig)
+            xp.multiply(f, cs[t], out=c)  # c_t = f * c_{t-1} + i * g
+            xp.multiply(i, g, out=ig)
             c += ig
-            np.tanh(c, out=tanh_cs[t])
-            np.multiply(o, tanh_cs[t], out=hs[t])  # h_t = o * tanh(c_t)
+            xp.tanh(c, out=tanh_cs[t])
+            xp.multiply(o, tanh_cs[t], out=hs[t])  # h_t = o * tanh(c_t)
             h_prev = hs[t]
     return hs, LSTMCache(a, cs, tanh_cs, hs, s0, Whh)
 
@@ -118,17 +120,19 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
     The factors are written into da (and the last one over tanh_cs) a block of
     steps at a time; the loop going back then multiplies them in place.
     """
+    be = backend_of(dhs)
+    xp = be.xp
     gates, cs, tanh_cs, hs, s0, Whh = cache
     T, B, H = hs.shape
     dtype = hs.dtype
-    da = work(buffer, "da", (T, B, 4 * H), dtype)
+    da = work(buffer, "da", (T, B, 4 * H), dtype, be)
     K = block_steps(T, B)
-    tmp = work(buffer, "tmp", (K, B, 2 * H), dtype)
-    WhhT = aligned_copy(Whh.T)  # C-ordered: the step product runs faster than on the transposed view
-    ds0 = zeros_aligned((B, 2 * H), dtype)
-    dh_carry = zeros_aligned((B, H), dtype)  # da_{t+1} Whh^T
+    tmp = work(buffer, "tmp", (K, B, 2 * H), dtype, be)
+    WhhT = be.copy(Whh.T)  # C-ordered: the step product runs faster than on the transposed view
+    ds0 = be.zeros((B, 2 * H), dtype)
+    dh_carry = be.zeros((B, H), dtype)  # da_{t+1} Whh^T
     dc = ds0[:, H:]  # the gradient carried into c; after the loop it is dc_0
-    dcq = empty_aligned((B, H), dtype)
+    dcq = be.empty((B, H), dtype)
     da4 = da.reshape(T, B, 4, H)  # a view: the blocks i, f, g, o along axis 2
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
@@ -136,29 +140,29 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
         i, g, o = G[..., :H], G[..., 2 * H : 3 * H], G[..., 3 * H :]
         x2 = tmp[: t1 - t0]
         x = x2[..., :H]
-        np.subtract(1, G[..., : 2 * H], out=x2)  # [i (1-i), f (1-f)]
+        xp.subtract(1, G[..., : 2 * H], out=x2)  # [i (1-i), f (1-f)]
         x2 *= G[..., : 2 * H]
-        np.multiply(x2[..., H:], cs[t0:t1], out=D[..., H : 2 * H])  # c_{t-1} f (1-f)
-        np.multiply(x, g, out=D[..., :H])  # g i (1-i)
-        np.multiply(g, g, out=x)
-        np.subtract(1, x, out=x)
-        np.multiply(x, i, out=D[..., 2 * H : 3 * H])  # i (1 - g^2)
-        np.subtract(1, o, out=x)
+        xp.multiply(x2[..., H:], cs[t0:t1], out=D[..., H : 2 * H])  # c_{t-1} f (1-f)
+        xp.multiply(x, g, out=D[..., :H])  # g i (1-i)
+        xp.multiply(g, g, out=x)
+        xp.subtract(1, x, out=x)
+        xp.multiply(x, i, out=D[..., 2 * H : 3 * H])  # i (1 - g^2)
+        xp.subtract(1, o, out=x)
         x *= o
-        np.multiply(x, q, out=D[..., 3 * H :])  # tanh(c) o (1-o)
-        np.multiply(q, q, out=x)
-        np.subtract(1, x, out=x)
-        np.multiply(x, o, out=q)  # o (1 - tanh(c)^2)
+        xp.multiply(x, q, out=D[..., 3 * H :])  # tanh(c) o (1-o)
+        xp.multiply(q, q, out=x)
+        xp.subtract(1, x, out=x)
+        xp.multiply(x, o, out=q)  # o (1 - tanh(c)^2)
         for t in range(t1 - 1, t0 - 1, -1):
             dh = dhs[t]
             dh += dh_carry
             d_t = da[t]
             d_t[:, 3 * H :] *= dh  # da_o
-            np.multiply(dh, tanh_cs[t], out=dcq)
+            xp.multiply(dh, tanh_cs[t], out=dcq)
             dc += dcq  # dc_t
             da4[t, :, :3] *= dc[:, None, :]  # da_i, da_f, da_g
             dc *= gates[t][:, H : 2 * H]  # dc_{t-1} = dc_t * f_t
-            np.matmul(d_t, WhhT, out=dh_carry)
+            xp.matmul(d_t, WhhT, out=dh_carry)
     ds0[:, :H] = dh_carry
     dWhh = previous_states_product(s0[:, :H], hs, da)
     return da, ds0, dWhh
@@ -188,20 +192,20 @@ class Cell(BaseCell):
         hs, cache = lstm_forward(a, s0, p["Whh"], buffer)
         if hs.shape[0] == 0:
             return hs, s0.copy(), cache
-        return hs, np.concatenate([hs[-1], cache.cs[-1]], axis=-1), cache
+        return hs, backend_of(hs).xp.concatenate([hs[-1], cache.cs[-1]], axis=-1), cache
 
     def backward(self, dhs, cache, buffer=None):
         da, ds0, dWhh = lstm_backward(dhs, cache, buffer)
         return da, ds0, {"Whh": dWhh}
 
-    def step_(self, ax, v, h, rest):
+    def step_(self, ax, v, h, rest, xp=np):
         H = h.shape[-1]
-        a = np.add(ax, v)  # (K, 4H)
-        sigmoid_(a[..., : 2 * H])
-        np.tanh(a[..., 2 * H : 3 * H], out=a[..., 2 * H : 3 * H])
-        sigmoid_(a[..., 3 * H :])
+        a = xp.add(ax, v)  # (K, 4H)
+        sigmoid_(a[..., : 2 * H], xp)
+        xp.tanh(a[..., 2 * H : 3 * H], out=a[..., 2 * H : 3 * H])
+        sigmoid_(a[..., 3 * H :], xp)
         c = rest  # c_{t-1} -> c_t in place
         c *= a[..., H : 2 * H]
         c += a[..., :H] * a[..., 2 * H : 3 * H]
-        np.tanh(c, out=h)
+        xp.tanh(c, out=h)
         h *= a[..., 3 * H :]

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..layers import aligned_copy, empty_aligned, zeros_aligned
+from ..backend import backend_of
 from . import cell_activations
 from .base import BaseCell, input_weights, orthogonal, previous_states_product
 
@@ -22,11 +22,11 @@ ACTIVATIONS = cell_activations("rnn")
 RELU_RECURRENT_SCALE = 0.5  # relu: Whh starts as 0.5 x an orthogonal matrix (see Cell.init_params)
 
 
-def activate_(a: np.ndarray, activation: str) -> np.ndarray:
+def activate_(a: np.ndarray, activation: str, xp=np) -> np.ndarray:
     """Apply the nonlinearity in place: tanh, or relu = max(a, 0). Returns a."""
     if activation == "tanh":
-        return np.tanh(a, out=a)
-    return np.maximum(a, 0, out=a)
+        return xp.tanh(a, out=a)
+    return xp.maximum(a, 0, out=a)
 
 
 class RNNCache(NamedTuple):
@@ -46,17 +46,19 @@ def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str 
     Only f(a) is kept: both derivatives are functions of the output
     (tanh' = 1 - h^2, relu' = [h > 0]), so the pre-activations need no storage.
     """
+    be = backend_of(a)
+    xp = be.xp
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     T = a.shape[0]
     hs = a  # in place: a_t is consumed before h_t is written over it
-    rec = empty_aligned(h0.shape, h0.dtype)  # (B, H) buffer for h_{t-1} @ Whh
+    rec = be.empty(h0.shape, h0.dtype)  # (B, H) buffer for h_{t-1} @ Whh
     h_prev = h0
     for t in range(T):
-        np.matmul(h_prev, Whh, out=rec)
+        xp.matmul(h_prev, Whh, out=rec)
         at = hs[t]
         at += rec
-        activate_(at, activation)
+        activate_(at, activation, xp)
         h_prev = at
     return hs, RNNCache(hs, h0, Whh, activation)
 
@@ -72,22 +74,24 @@ def rnn_backward(dhs: np.ndarray, cache: RNNCache):
     and da_t = dh_t * f'(a_t). The weight gradient then needs no loop:
     dWhh = sum_t h_{t-1}^T da_t, one (H, N) x (N, H) product over all steps.
     """
+    be = backend_of(dhs)
+    xp = be.xp
     hs, h0, Whh, activation = cache
     T = hs.shape[0]
     da = dhs  # in place: dhs_t is consumed before da_t is written over it
-    carry = zeros_aligned(h0.shape, h0.dtype)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
-    fprime = empty_aligned(h0.shape, h0.dtype)  # (B, H) f'(a_t), computed while h_t is in cache
-    WhhT = aligned_copy(Whh.T)  # a C-ordered copy: the step product runs ~20% faster than on the view
+    carry = be.zeros(h0.shape, h0.dtype)  # (B, H) da_{t+1} @ Whh^T, zero after the last step
+    fprime = be.empty(h0.shape, h0.dtype)  # (B, H) f'(a_t), computed while h_t is in cache
+    WhhT = be.copy(Whh.T)  # a C-ordered copy: the step product runs ~20% faster than on the view
     for t in range(T - 1, -1, -1):
         dt, ht = da[t], hs[t]
         dt += carry
         if activation == "tanh":
-            np.multiply(ht, ht, out=fprime)
-            np.subtract(1, fprime, out=fprime)  # tanh' = 1 - h^2
+            xp.multiply(ht, ht, out=fprime)
+            xp.subtract(1, fprime, out=fprime)  # tanh' = 1 - h^2
             dt *= fprime
         else:
             dt *= ht > 0  # relu' = [h > 0]
-        np.matmul(dt, WhhT, out=carry)
+        xp.matmul(dt, WhhT, out=carry)
     return da, carry, previous_states_product(h0, hs, da)  # carry is dh0 after the loop
 
 
@@ -97,11 +101,6 @@ class Cell(BaseCell):
     name = "rnn"
     gates = 1
     activations = ACTIVATIONS
-
-    def __init__(self, activation: str = "tanh"):
-        super().__init__(activation)
-        # f(a, out=a) as one C-level call for the sampler (activate_'s Python dispatch is ~5% of a character)
-        self._f = np.tanh if activation == "tanh" else functools.partial(np.maximum, 0)
 
     @property
     def smooth(self) -> bool:
@@ -140,6 +139,19 @@ class Cell(BaseCell):
         da, dh0, dWhh = rnn_backward(dhs, cache)  # da is dhs, overwritten
         return da, dh0, {"Whh": dWhh}
 
-    def step_(self, ax, v, h, rest):
-        np.add(v, ax, out=h)  # a_t = x_t Wxh + h_{t-1} Whh + bh, written where h_t goes
-        self._f(h, out=h)
+    def activation_fn(self, xp=np):
+        """The nonlinearity of array module xp as one C-level call f(h, out=h), for the sampler
+        (activate_'s Python dispatch is ~5% of a character)."""
+        return xp.tanh if self.activation == "tanh" else functools.partial(xp.maximum, 0)
+
+    def step_fn(self, xp=np):
+        """`step_` with the nonlinearity of xp bound once (the sampler's loop looks nothing up)."""
+        return functools.partial(self._step, f=self.activation_fn(xp), xp=xp)
+
+    def step_(self, ax, v, h, rest, xp=np):
+        self._step(ax, v, h, rest, self.activation_fn(xp), xp)
+
+    @staticmethod
+    def _step(ax, v, h, rest, f, xp):
+        xp.add(v, ax, out=h)  # a_t = x_t Wxh + h_{t-1} Whh + bh, written where h_t goes
+        f(h, out=h)

@@ -24,6 +24,7 @@ from .options import (
     Cell,
     CellOpt,
     CkptOpt,
+    DeviceOpt,
     ErrorsMode,
     HiddenOpt,
     JsonOpt,
@@ -133,6 +134,7 @@ def train(
         ),
     ] = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No live display, no samples.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object per evaluation on stdout.")] = False,
 ) -> None:
@@ -148,6 +150,8 @@ def train(
         cfg.train.init_from = init_from
     if threads is not None:
         cfg.train.threads = threads
+    if device is not None:
+        cfg.train.device = device.value
     apply_threads(cfg.train.threads)  # before numpy loads
     from ..train import train as run_train
 
@@ -209,6 +213,7 @@ def eval_(
         str | None, typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")
     ] = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Validation loss and bits/char of a checkpoint over the whole validation split."""
@@ -216,7 +221,7 @@ def eval_(
     from ..train import eval_checkpoint
 
     with user_errors():
-        r = eval_checkpoint(ckpt, data)
+        r = eval_checkpoint(ckpt, data, device=device.value if device else "cpu")
     if as_json:
         print(json.dumps(r))
     else:
@@ -262,6 +267,7 @@ def sample(
         ),
     ] = None,
     threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Generate text from a checkpoint; the text alone goes to stdout."""
@@ -286,7 +292,7 @@ def sample(
         run = open_run(
             ckpt, n, prime=prime or "", decoding=Decoding(temperature, top_k, top_p, argmax),
             seed=seed, num_samples=num_samples, unknown=unknown.value, prime_echo=prime_echo,
-            keep_text=not streaming,
+            keep_text=not streaming, device=device.value if device else "cpu",
         )  # fmt: skip
         # every check has passed: the notes go to stderr before the first character
         if seed is None and not argmax:

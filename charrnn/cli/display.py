@@ -143,7 +143,8 @@ class TrainDisplay:
                 self.log(info["init_from"])
             for note in info.get("notes") or ():
                 self.log(f"note: {note}")
-            self.log(f"{what} {info['step']}: {info['model']}, {plural(info['params'], 'parameter')}, "
+            on = f" on {info['device']}" if info.get("device", "cpu") != "cpu" else ""
+            self.log(f"{what} {info['step']}: {info['model']}{on}, {plural(info['params'], 'parameter')}, "
                      f"vocabulary {info['vocab_size']}, {plural(info['windows_per_epoch'], 'window')} per epoch "
                      f"-> {info['out_dir']}")  # fmt: skip
         elif kind == "step":

@@ -50,6 +50,20 @@ HiddenOpt = Annotated[int, typer.Option("--hidden", min=1, help="Hidden units pe
 LayersOpt = Annotated[int, typer.Option("--layers", min=1, help="Number of stacked recurrent layers.")]
 
 
+class Device(str, Enum):
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[
+    Device | None,
+    typer.Option(
+        "--device",
+        case_sensitive=False,
+        help="Where the model runs: cpu, or cuda (an NVIDIA GPU through CuPy; docs/gpu.md). train: train.device.",
+        show_default="cpu",
+    ),
+]
 CkptOpt = Annotated[str, typer.Option("--ckpt", help="Checkpoint file, or run folder (its best.npz, else last.npz).")]
 
 

@@ -1,0 +1,181 @@
+"""The array backends: NumPy on the CPU, CuPy on an NVIDIA GPU, chosen in this one place.
+
+Layers, cells, the loss, the model and the optimizers are written against a `Backend`:
+its array module ``xp`` (numpy or cupy, the same function names) and the few
+operations whose best form differs between the two:
+
+    empty, zeros, copy     work arrays; on the CPU 64-byte aligned through .ctypes (layers.empty_aligned)
+    asarray, asnumpy       host -> device and device -> host (the identity on the CPU)
+    take_rows              the one-hot lookup; on the CPU np.take(mode="clip", out=) into the output
+    check_ids              the ids' range check; on the CPU in the layer, on the GPU done on the host
+                           by the model before the upload (a device min/max would stop the stream)
+    sum_squares            gradient clipping's norm: on the GPU summed on the device, one transfer
+    errstate               numpy's floating-point warnings; CuPy raises none
+
+The maths never asks which device it runs on: a function takes the backend of its
+arrays (`backend_of`), so the same code runs on either, and the CPU path is the
+engine it always was. The tests run the cuda path on the CPU with a NumPy-backed
+stand-in for CuPy (tests/fake_cupy.py); docs/gpu.md says what is measured where.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+
+import numpy as np
+
+from .errors import CharRNNError
+
+DEVICES = ("cpu", "cuda")
+
+
+class DeviceError(CharRNNError):
+    """The device asked for is not usable here (no CuPy, no visible GPU)."""
+
+
+class Backend:
+    """numpy on the CPU; the CUDA backend overrides what differs (`CudaBackend`)."""
+
+    name = "cpu"
+    host = True  # the arrays are numpy arrays in host memory
+
+    def __init__(self, xp=np):
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<backend {self.name}>"
+
+    # arrays
+    def empty(self, shape, dtype=np.float32):
+        from .layers import empty_aligned
+
+        return empty_aligned(shape, dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        from .layers import zeros_aligned
+
+        return zeros_aligned(shape, dtype)
+
+    def copy(self, a, dtype=None):
+        """A C-contiguous copy of a (host or device array) on this device, cast to dtype if given."""
+        from .layers import aligned_copy
+
+        return aligned_copy(to_host(a), dtype)  # a device array comes down first: CuPy refuses np.asarray
+
+    def asarray(self, a, dtype=None):
+        """a on this device (no copy if it is there already in that dtype)."""
+        return np.asarray(a, dtype=dtype)
+
+    def asnumpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    # operations whose best form differs
+    def take_rows(self, table, ids, out):
+        # mode="clip" (a no-op on checked ids) lets np.take write straight into out; the
+        # default mode="raise" gathers into a temporary first, 4x slower at (100, 64, 512)
+        np.take(table, ids, axis=0, out=out, mode="clip")
+        return out
+
+    def check_ids(self, ids, n: int, what: str, error=IndexError) -> None:
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise error(f"{what} must lie in [0, {n})")
+
+    def sum_squares(self, arrays) -> float:
+        """The sum of squares of every entry of every array, as a Python float (float64 accumulation)."""
+        return sum(float(np.vdot(g, g)) for g in arrays)
+
+    def errstate(self, **kwargs):
+        return np.errstate(**kwargs)
+
+
+class CudaBackend(Backend):
+    """CuPy on the current GPU. Parameters, state, work arrays and gradients live on the device."""
+
+    name = "cuda"
+    host = False
+
+    def __init__(self, cupy):
+        super().__init__(cupy)
+
+    def empty(self, shape, dtype=np.float32):
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def copy(self, a, dtype=None):
+        return self.xp.array(a, dtype=dtype, order="C", copy=True)
+
+    def asarray(self, a, dtype=None):
+        return self.xp.asarray(a, dtype=dtype)
+
+    def asnumpy(self, a) -> np.ndarray:
+        return self.xp.asnumpy(a) if isinstance(a, self.xp.ndarray) else np.asarray(a)
+
+    def take_rows(self, table, ids, out):
+        self.xp.take(table, ids, axis=0, out=out)
+        return out
+
+    def check_ids(self, ids, n: int, what: str, error=IndexError) -> None:
+        """No check on the device: the model checks the ids on the host before they go up."""
+
+    def sum_squares(self, arrays) -> float:
+        xp = self.xp
+        total = xp.zeros((), dtype=np.float64)
+        for g in arrays:
+            total += xp.vdot(g, g).astype(np.float64)
+        return float(total)  # the one transfer
+
+    def errstate(self, **kwargs):
+        return contextlib.nullcontext()
+
+
+CPU = Backend()
+_cuda: CudaBackend | None = None
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise DeviceError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    return device
+
+
+def get_backend(device: str = "cpu") -> Backend:
+    """The backend of a device name: cpu, or cuda (DeviceError, one line, if CuPy or a GPU is missing)."""
+    global _cuda
+    if check_device(device) == "cpu":
+        return CPU
+    if _cuda is not None and sys.modules.get("cupy") is _cuda.xp:
+        return _cuda
+    try:
+        import cupy
+    except ImportError as e:
+        raise DeviceError(
+            f"device cuda needs CuPy, which is not installed ({e}): pip install -e '.[gpu]' (docs/gpu.md)"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError when there is no driver
+        raise DeviceError(f"device cuda: CuPy finds no usable GPU ({type(e).__name__}: {e})") from None
+    if count < 1:
+        raise DeviceError("device cuda: CuPy sees no GPU (0 CUDA devices visible); use --device cpu")
+    _cuda = CudaBackend(cupy)
+    return _cuda
+
+
+def backend_of(a) -> Backend:
+    """The backend whose arrays a belongs to: CPU for numpy arrays and scalars."""
+    cp = sys.modules.get("cupy")
+    if cp is not None and isinstance(a, cp.ndarray):
+        if _cuda is None or _cuda.xp is not cp:
+            return get_backend("cuda")
+        return _cuda
+    return CPU
+
+
+def to_host(a):
+    """a as a numpy array (device arrays come down, numpy arrays and None pass through)."""
+    if a is None or type(a) is np.ndarray:
+        return a
+    return backend_of(a).asnumpy(a)

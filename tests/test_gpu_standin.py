@@ -1,0 +1,291 @@
+"""The cuda code path, run on the CPU against a NumPy-backed stand-in for CuPy (tests/fake_cupy.py).
+
+CI has no GPU. These tests prove what the stand-in can: that with `device: cuda` every array
+of the engine lives on the "device" (a host array mixed into device maths, or a numpy function
+applied to a device array, raises: fake_cupy's doc lists the guards), that the
+loss and every gradient equal the CPU engine's, that training, evaluation, sampling and
+checkpoints work across devices, and that cuda without CuPy or without a GPU is one clear line.
+What it cannot check (real kernels, cupy.fuse's compiled code, graph capture, float32 rounding
+on the device, timing) is tests/test_gpu.py's, marked `gpu`, on a real GPU (fake_cupy's doc).
+"""
+
+import sys
+
+import fake_cupy
+import numpy as np
+import pytest
+from conftest import write_config
+from typer.testing import CliRunner
+
+from charrnn import backend, checkpoint
+from charrnn.backend import DeviceError, get_backend
+from charrnn.cli import app
+from charrnn.config import load_config
+from charrnn.model import CharRNN
+from charrnn.optim import OPTIMIZERS, init_state
+from charrnn.sampling import Decoding, generate
+from charrnn.train import eval_checkpoint, train, train_step
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cupy(monkeypatch):
+    """The stand-in installed as cupy, one GPU visible."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(fake_cupy, "DEVICE_COUNT", 1)
+    monkeypatch.setattr(backend, "_cuda", None)
+    return fake_cupy
+
+
+def on_device(a) -> bool:
+    return isinstance(a, fake_cupy.ndarray)
+
+
+def on_host(a) -> bool:
+    return type(a) is np.ndarray
+
+
+def pair(cell, activation="tanh", V=11, H=7, L=2, dropout=0.0, dtype=np.float64):
+    cpu = CharRNN(V, H, L, cell, activation, dropout, seed=3, dtype=dtype)
+    cuda = CharRNN.from_params(cpu.params, cell, activation, dropout, device="cuda")
+    return cpu, cuda
+
+
+CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
+
+
+@pytest.mark.parametrize("cell, activation", CELLS)
+@pytest.mark.parametrize("V", [11, 120])  # 120: the embedding gradient's sort path (PRODUCT_MAX_VOCAB = 96)
+def test_loss_and_every_gradient_equal_the_cpu_engines(cupy, cell, activation, V):
+    cpu, cuda = pair(cell, activation, V=V, dropout=0.25)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, V, (5, 9)), rng.integers(0, V, (5, 9))
+    mask = (rng.random((5, 9)) > 0.2).astype(np.float64)
+    h0 = rng.standard_normal((2, 5, cpu.state_size)) * 0.5
+    for m in (None, mask):
+        lc, gc, hc = cpu.loss_and_grads(x, y, h0, m, rng=np.random.default_rng(7))
+        lg, gg, hg = cuda.loss_and_grads(x, y, h0, m, rng=np.random.default_rng(7))  # the same dropout masks
+        assert abs(lc - lg) < 1e-10
+        assert set(gc) == set(gg) == set(cpu.params)
+        for name in gc:
+            assert on_device(gg[name]), name
+            np.testing.assert_allclose(cupy.asnumpy(gg[name]), gc[name], rtol=1e-10, atol=1e-10, err_msg=name)
+        assert on_device(hg)
+        np.testing.assert_allclose(cupy.asnumpy(hg), hc, rtol=1e-10, atol=1e-10)
+    # evaluation and the plain forward
+    np.testing.assert_allclose(cuda.loss(x, y, h0)[0], cpu.loss(x, y, h0)[0], rtol=1e-12)
+    logits_c, _ = cpu.forward(x, h0)
+    logits_g, _ = cuda.forward(x, h0)
+    np.testing.assert_allclose(cupy.asnumpy(logits_g), logits_c, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_an_update_on_the_device_equals_the_cpu_update(cupy, optimizer):
+    cpu, cuda = pair("lstm")
+    from charrnn.config import TrainConfig
+
+    tc = TrainConfig(optimizer=optimizer, weight_decay=0.01, grad_clip=0.5, warmup_steps=0)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 11, (4, 6)), rng.integers(0, 11, (4, 6))
+    sc, sg = init_state(optimizer, cpu.params), init_state(optimizer, cuda.params)
+    assert all(on_device(a) for a in sg.values())
+    for step in range(3):
+        lc, nc, _, _ = train_step(cpu, sc, x, y, None, step, tc)
+        lg, ng, _, _ = train_step(cuda, sg, x, y, None, step, tc)
+        assert abs(lc - lg) < 1e-10 and abs(nc - ng) < 1e-9  # the clipping norm, summed on the device
+    for name, p in cpu.params.items():
+        assert on_device(cuda.params[name])
+        np.testing.assert_allclose(cupy.asnumpy(cuda.params[name]), p, rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_the_sampler_steps_on_the_device_and_draws_the_same_text(cupy, cell):
+    cpu, cuda = pair(cell, V=65 if cell == "rnn" else 11, dtype=np.float32)
+    from charrnn.data import Vocab
+
+    vocab = Vocab("\n" + "".join(chr(ord("A") + i) for i in range(cpu.vocab_size - 1)))
+    for k, decoding in ((1, Decoding(0.8)), (3, Decoding(1.0, top_k=4)), (2, Decoding(argmax=True))):
+        a = generate(cpu, vocab, 40, "AB", decoding, seed=5, num_samples=k)
+        b = generate(cuda, vocab, 40, "AB", decoding, seed=5, num_samples=k)
+        assert a == b
+    s = cuda.stepper(cuda.initial_state(2))
+    assert on_host(s.feed(np.array([1, 2]))) and on_device(s.h)  # the logits come down, the state stays up
+
+
+@pytest.mark.parametrize("bad", [11, -1])
+def test_out_of_range_ids_raise_the_cpu_error_on_cuda(cupy, bad):
+    """CuPy does not range-check indices: step and Stepper.feed check the ids on the host, on either device."""
+    cpu, cuda = pair("lstm", V=11)
+    ids = np.array([0, bad])
+    for model in (cpu, cuda):
+        with pytest.raises(IndexError, match=r"ids must lie in \[0, 11\)"):
+            model.step(ids, model.initial_state(2))
+        with pytest.raises(IndexError, match=r"ids must lie in \[0, 11\)"):
+            model.stepper(model.initial_state(2)).feed(ids)
+
+
+def test_the_cpu_backend_copies_a_device_array_to_the_host(cupy, monkeypatch):
+    """Backend.copy on the CPU brings a device array down before aligned_copy's np.asarray, which
+    real CuPy refuses (implicit conversion) and the stand-in, a numpy subclass, cannot: hence the spy."""
+    from charrnn import layers
+
+    aligned_copy = layers.aligned_copy
+
+    def host_only(a, dtype=None):
+        assert on_host(a), "aligned_copy given a device array"
+        return aligned_copy(a, dtype)
+
+    monkeypatch.setattr(layers, "aligned_copy", host_only)
+    d = cupy.asarray(np.arange(6.0).reshape(2, 3))
+    c = backend.CPU.copy(d, np.float32)
+    assert on_host(c) and c.dtype == np.float32 and c.flags.c_contiguous
+    np.testing.assert_array_equal(c, np.arange(6.0).reshape(2, 3))
+
+
+def test_a_model_moves_between_devices(cupy):
+    cpu = CharRNN(9, 5, 2, "gru", seed=0)
+    assert cpu.to("cpu") is cpu and cpu.device == "cpu"
+    cuda = cpu.to("cuda")
+    assert cuda.device == "cuda" and all(on_device(p) for p in cuda.params.values())
+    back = cuda.to("cpu")
+    assert all(on_host(p) for p in back.params.values())
+    for name, p in cpu.params.items():
+        np.testing.assert_array_equal(back.params[name], p)
+        np.testing.assert_array_equal(cuda.host_params()[name], p)
+
+
+def test_a_host_array_in_device_maths_is_refused(cupy):
+    """The stand-in's guard: what the tests above rely on to find a forgotten upload."""
+    with pytest.raises(TypeError, match="mixes host"):
+        np.add(cupy.zeros(3), np.ones(3))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda cp, d, h: cp.dot(d, d, out=h),
+        lambda cp, d, h: cp.take(d, h.astype(np.intp)),
+        lambda cp, d, h: cp.concatenate([d, h]),
+        lambda cp, d, h: cp.stack((d, h)),
+        lambda cp, d, h: cp.vdot(h, d),
+        lambda cp, d, h: d.__setitem__(slice(None), h),
+        lambda cp, d, h: d[np.array([0, 1])],
+    ],
+    ids=["dot-out", "take", "concatenate", "stack", "vdot", "setitem", "host-index"],
+)
+def test_a_host_array_given_to_a_cupy_function_is_refused(cupy, call):
+    """The catch-all and the device array refuse host arrays, also inside lists and tuples and as out=."""
+    d, h = cupy.zeros(3), np.ones(3)
+    with pytest.raises(TypeError, match="host"):
+        call(cupy, d, h)
+    # 0-d host arrays (numpy scalars) and plain Python values pass, as in CuPy
+    assert cupy.asnumpy(cupy.concatenate([d, cupy.ones(1)])).shape == (4,)
+    d[0] = np.float64(2.0)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda d: np.concatenate([d, d]),
+        lambda d: np.zeros_like(d),
+        lambda d: np.take(d, [0]),
+        lambda d: np.vdot(d, d),
+    ],
+    ids=["concatenate", "zeros_like", "take", "vdot"],
+)
+def test_a_numpy_function_on_a_device_array_is_refused(cupy, call):
+    """__array_function__: a forgotten xp (np.* on a device array) raises, as CuPy refuses to convert."""
+    with pytest.raises(TypeError, match="applied to a device array"):
+        call(cupy.zeros(3))
+    assert "ndarray" in repr(cupy.zeros(3))  # printing still works, for error messages
+
+
+def train_cfg(tmp_path, data_dir, device, **kw):
+    tmp_path.mkdir(exist_ok=True)
+    model = {"cell": "lstm", "num_layers": 2, "dropout": 0.2, "dtype": "float64"}
+    base = dict(max_steps=12, eval_every=6, lr_schedule="cosine", batch_size=4, seq_length=16, device=device)
+    return load_config(write_config(tmp_path, data_dir, model, **{**base, **kw}))
+
+
+def test_training_on_cuda_matches_cpu_and_checkpoints_cross_devices(cupy, tmp_path, data_dir):
+    samples = {}
+    for device in ("cpu", "cuda"):  # the samples after each evaluation too
+        cb = lambda k, i, d=device: samples.setdefault(d, []).append(i["text"]) if k == "sample" else None  # noqa: E731
+        r = train(train_cfg(tmp_path / device, data_dir, device, sample_chars=40), callback=cb)
+        assert r.step == 12
+    assert samples["cpu"] == samples["cuda"] and len(samples["cpu"]) == 2
+    pc = checkpoint.load(tmp_path / "cpu" / "run" / "last.npz")
+    gpu_file = tmp_path / "cuda" / "run" / "last.npz"
+    pg = checkpoint.load(gpu_file)
+    assert all(on_host(a) for a in (*pg.params.values(), *pg.optim_state.values(), pg.h))  # numpy in the file
+    assert pg.config.train.device == "cuda" and pg.meta["config"]["train"]["device"] == "cuda"
+    # a CPU checkpoint's stored config has no device key: 0.2.0, which refuses unknown keys, still reads it
+    assert "device" not in pc.meta["config"]["train"] and pc.config.train.device == "cpu"
+    for name in pc.params:
+        np.testing.assert_allclose(pg.params[name], pc.params[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    # a GPU checkpoint evaluates on the CPU and the other way round
+    e_cpu = eval_checkpoint(str(gpu_file))
+    e_gpu = eval_checkpoint(str(tmp_path / "cpu" / "run" / "last.npz"), device="cuda")
+    assert abs(e_cpu["val_loss"] - e_gpu["val_loss"]) < 1e-9
+
+
+def stop_after(n):
+    calls = []
+
+    def stop():  # polled once before each step
+        calls.append(1)
+        return len(calls) > n
+
+    return stop
+
+
+def test_resume_across_devices_continues_the_same_run(cupy, tmp_path, data_dir):
+    train(train_cfg(tmp_path / "a", data_dir, "cpu", max_steps=10))
+    for first, second, where in (("cuda", "cpu", "b"), ("cpu", "cuda", "c")):
+        cfg = train_cfg(tmp_path / where, data_dir, first, max_steps=10)
+        assert train(cfg, should_stop=stop_after(5)).step == 5
+        cfg.train.device = second
+        assert train(cfg, resume=True).step == 10
+        pa = checkpoint.load(tmp_path / "a" / "run" / "last.npz").params
+        pb = checkpoint.load(tmp_path / where / "run" / "last.npz").params
+        for name in pa:
+            np.testing.assert_allclose(pb[name], pa[name], rtol=1e-9, atol=1e-12, err_msg=f"{where} {name}")
+
+
+def test_the_cli_trains_evaluates_and_samples_on_cuda(cupy, tmp_path, data_dir):
+    cfg = write_config(tmp_path, data_dir, {"cell": "gru"}, max_steps=6, eval_every=3)
+    r = runner.invoke(app, ["train", str(cfg), "--device", "cuda", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    ck = str(tmp_path / "run")
+    assert checkpoint.load(tmp_path / "run" / "last.npz").config.train.device == "cuda"
+    r_gpu = runner.invoke(app, ["eval", "--ckpt", ck, "--device", "cuda", "--json"])
+    r_cpu = runner.invoke(app, ["eval", "--ckpt", ck, "--json"])
+    assert r_gpu.exit_code == 0 and r_cpu.exit_code == 0, r_gpu.stderr + r_cpu.stderr
+    assert r_gpu.stdout.split('"val_loss": ')[1][:8] == r_cpu.stdout.split('"val_loss": ')[1][:8]
+    s_gpu = runner.invoke(app, ["sample", "--ckpt", ck, "-n", "30", "--seed", "1", "--device", "cuda"])
+    s_cpu = runner.invoke(app, ["sample", "--ckpt", ck, "-n", "30", "--seed", "1"])
+    assert s_gpu.exit_code == 0 and s_gpu.stdout == s_cpu.stdout
+
+
+def test_cuda_without_cupy_is_one_clear_line(monkeypatch, tmp_path, data_dir):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # import cupy raises ImportError
+    monkeypatch.setattr(backend, "_cuda", None)
+    with pytest.raises(DeviceError, match="needs CuPy"):
+        get_backend("cuda")
+    cfg = write_config(tmp_path, data_dir, max_steps=2)
+    for args in (["train", str(cfg), "--device", "cuda", "--quiet"], ["sample", "--ckpt", "x.npz", "--device", "cuda"],
+                 ["eval", "--ckpt", "x.npz", "--device", "cuda"]):  # fmt: skip
+        r = runner.invoke(app, args)
+        assert r.exit_code == 1, r.output
+        assert "needs CuPy" in r.stderr and "pip install" in r.stderr and "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_cuda_without_a_gpu_is_one_clear_line(cupy, monkeypatch, tmp_path, data_dir):
+    monkeypatch.setattr(fake_cupy, "DEVICE_COUNT", 0)
+    with pytest.raises(DeviceError, match="sees no GPU"):
+        CharRNN(5, 4, device="cuda")
+    r = runner.invoke(app, ["train", str(write_config(tmp_path, data_dir)), "--device", "cuda", "--quiet"])
+    assert r.exit_code == 1 and "sees no GPU" in r.stderr and "Traceback" not in r.stderr
