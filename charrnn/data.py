@@ -64,8 +64,8 @@ class Vocab:
     def __len__(self) -> int:
         return len(self.chars)
 
-    def unknown(self, text: str) -> list[str]:
-        """The distinct characters of text that are not in the vocabulary, sorted."""
+    def unknown(self, text) -> list[str]:
+        """The distinct characters of text (a str, or any iterable of characters) not in the vocabulary, sorted."""
         return sorted(set(text) - set(self.chars))
 
     def encode(self, text: str) -> np.ndarray:
@@ -97,11 +97,8 @@ class Vocab:
         For error messages: "the data has '\\ufeff' that the checkpoint lacks"; at most
         DIFFERENCE_SHOWN characters of each side are listed. Empty when they are equal.
         """
-        mine_set, theirs_set = set(self.chars), set(other.chars)
         parts = []
-        sides = ((theirs, mine, other.chars, mine_set), (mine, theirs, self.chars, theirs_set))
-        for who, lacks, chars, other_set in sides:
-            only = [c for c in chars if c not in other_set]
+        for who, lacks, only in ((theirs, mine, self.unknown(other.chars)), (mine, theirs, other.unknown(self.chars))):
             if only:
                 more = f" and {len(only) - DIFFERENCE_SHOWN:,} more" if len(only) > DIFFERENCE_SHOWN else ""
                 parts.append(f"{who} has {''.join(only[:DIFFERENCE_SHOWN])!r}{more} that {lacks} lacks")
