@@ -107,6 +107,31 @@ def _debug() -> bool:
     return os.environ.get("CHARRNN_DEBUG", "") not in ("", "0")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # what stop_requests turns into requests to stop
+
+
+@contextmanager
+def stop_requests(waiting: str):
+    """Within the block, Ctrl-C (SIGINT) and SIGTERM (what SLURM, `timeout`, Docker and systemd send before
+    killing) are requests to stop, not deaths: yields the list of the signal numbers received, which the
+    block's work polls (`should_stop=lambda: bool(received)`) to stop cleanly. A second signal prints
+    `waiting`; after the block, once one came, further ones are ignored while the command reports and exits
+    (128 + the signal's number)."""
+    received: list[int] = []
+
+    def on_signal(signum, frame):
+        received.append(signum)
+        if len(received) > 1:
+            err.print(waiting, highlight=False)
+
+    old = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN if received else old[s])
+
+
 @contextmanager
 def user_errors():
     """Map the domain exception to one line on stderr and exit 1 (traceback with CHARRNN_DEBUG=1)."""

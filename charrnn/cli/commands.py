@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 
 from ..errors import plural
-from .app import Command, app, err, out, user_errors
+from .app import Command, app, err, out, stop_requests, user_errors
 from .display import PrepareProgress, StdoutWriter, TrainDisplay, TuneDisplay, tune_summary
 from .options import (
     Activation,
@@ -155,26 +155,14 @@ def train(
     apply_threads(cfg.train.threads)  # before numpy loads
     from ..train import train as run_train
 
-    # Ctrl-C (SIGINT) and SIGTERM (what SLURM, `timeout`, Docker and systemd send before killing) both ask
-    # the loop to stop after its step: it saves last.npz, and we exit 128 + the signal's number (130, 143).
-    # A reader of --json that goes away (`| head -1`) stops it the same way, as SIGPIPE would (141).
-    stop_signals = (signal.SIGINT, signal.SIGTERM)
-    received: list[int] = []
-
-    def on_signal(signum, frame):
-        received.append(signum)
-        if len(received) > 1:
-            err.print("still saving the checkpoint, please wait", highlight=False)
-
-    display = TrainDisplay(quiet=quiet, as_json=as_json, on_closed_stdout=lambda: received.append(signal.SIGPIPE))
-    old = {s: signal.signal(s, on_signal) for s in stop_signals}
-    try:
+    # Ctrl-C and SIGTERM ask the loop to stop after its step: it saves last.npz, and we exit 128 + the signal's
+    # number (130, 143). A reader of --json that goes away (`| head -1`) stops it the same way, as SIGPIPE would
+    # (141).
+    with stop_requests("still saving the checkpoint, please wait") as received:
+        display = TrainDisplay(quiet=quiet, as_json=as_json,
+                               on_closed_stdout=lambda: received.append(signal.SIGPIPE))  # fmt: skip
         with user_errors(), display:
             result = run_train(cfg, resume=resume, force=force, callback=display, should_stop=lambda: bool(received))
-    finally:
-        # after a stop signal, further ones must not kill us while we report and exit
-        for s in stop_signals:
-            signal.signal(s, signal.SIG_IGN if received else old[s])
     if result.status == "interrupted":
         why = "stdout closed" if received[0] == signal.SIGPIPE else f"stopped by {signal.Signals(received[0]).name}"
         err.print(f"{why} at step {result.step}; saved {result.checkpoint}\n"
@@ -478,29 +466,13 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Search hyperparameters with Optuna: one training run per trial, on one machine or many."""
-    import signal
-
     from ..tune import parse_duration
     from ..tune import tune as run_tune
 
     seconds = parse_duration(timeout) if timeout is not None else None
-    stop_signals = (signal.SIGINT, signal.SIGTERM)
-    received: list[int] = []
-
-    def on_signal(signum, frame):
-        received.append(signum)
-        if len(received) > 1:
-            err.print("still stopping the workers, please wait", highlight=False)
-
-    display = TuneDisplay()
-    old = {s: signal.signal(s, on_signal) for s in stop_signals}
-    try:
-        with user_errors(), display:
-            result = run_tune(config, trials=trials, jobs=jobs, storage=storage, study_name=study, timeout=seconds,
-                              callback=display, should_stop=lambda: bool(received))  # fmt: skip
-    finally:
-        for s in stop_signals:
-            signal.signal(s, signal.SIG_IGN if received else old[s])
+    with stop_requests("still stopping the workers, please wait") as received, user_errors(), TuneDisplay() as display:
+        result = run_tune(config, trials=trials, jobs=jobs, storage=storage, study_name=study, timeout=seconds,
+                          callback=display, should_stop=lambda: bool(received))  # fmt: skip
     if as_json:
         print(json.dumps(result))
     else:
