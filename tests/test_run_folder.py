@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import write_config
+from conftest import long_run_config, one_line_error, start_train, wait_for, write_config
 from typer.testing import CliRunner
 
 from charrnn import checkpoint
@@ -21,24 +21,6 @@ from charrnn.runlock import RunLock, RunLockedError
 from charrnn.train import TrainError, train
 
 runner = CliRunner()
-
-
-def one_line(r, code=1):
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, repr(r.stderr)
-    return r.stderr
-
-
-def start(cfg, *extra):
-    return subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(cfg), "-q", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def wait_for(path, timeout=60):
-    t0 = time.time()
-    while not path.exists():
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.02)
 
 
 # ----------------------------------------------------------------------------- item 1: resuming on other data
@@ -107,7 +89,7 @@ def test_a_vocabulary_mismatch_names_the_characters(tmp_path):
     with pytest.raises(TrainError, match=r"the checkpoint has '\\ufeff' that the data lacks"):
         train(cfg, resume=True)
     r = runner.invoke(app, ["eval", "--ckpt", str(tmp_path / "run")])
-    assert "'\\ufeff'" in one_line(r)
+    assert "'\\ufeff'" in one_line_error(r)
 
 
 # ----------------------------------------------------------------------------- items 12, 18: one run per folder
@@ -126,8 +108,8 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path, 
 
 
 def test_two_processes_one_folder_the_second_is_refused_and_the_first_unharmed(tmp_path, data_dir):
-    cfg = write_config(tmp_path, data_dir, max_steps=100000, eval_every=3, hidden_size=24, eval_chars=200)
-    first = start(cfg)
+    cfg = long_run_config(tmp_path, data_dir)
+    first = start_train(cfg)
     wait_for(tmp_path / "run" / "last.npz")
     for extra in ((), ("--resume",), ("--force",)):  # the same command a second later, a resume, a restart
         r = subprocess.run([sys.executable, "-m", "charrnn", "train", str(cfg), "-q", *extra],
@@ -146,8 +128,8 @@ def test_two_processes_one_folder_the_second_is_refused_and_the_first_unharmed(t
 
 
 def test_sigterm_saves_and_exits_143_with_the_resume_command(tmp_path, data_dir):
-    cfg = write_config(tmp_path, data_dir, max_steps=100000, eval_every=3, hidden_size=24, eval_chars=200)
-    proc = start(cfg)
+    cfg = long_run_config(tmp_path, data_dir)
+    proc = start_train(cfg)
     wait_for(tmp_path / "run" / "last.npz")
     time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
@@ -190,13 +172,13 @@ def test_a_read_only_run_folder_is_one_line_whatever_operation_fails(tmp_path, d
         with open(tmp_path / "run" / "metrics.jsonl", "a") as f:
             f.write('{"step": 99}\n')
         monkeypatch.setattr(charrnn.train, "atomic_write", refuse)
-    message = one_line(runner.invoke(app, args))
+    message = one_line_error(runner.invoke(app, args))
     assert "Read-only file system" in message and str(tmp_path / "run") in message
 
 
 def test_a_json_reader_that_goes_away_stops_the_run_with_its_work_saved(tmp_path, data_dir):
     # `train --json | head -1` used to exit 1 silently with last.npz behind the last metrics record
-    cfg = write_config(tmp_path, data_dir, max_steps=100000, eval_every=3, hidden_size=24, eval_chars=200)
+    cfg = long_run_config(tmp_path, data_dir)
     proc = subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(cfg), "-q", "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
     first = proc.stdout.readline()

@@ -15,7 +15,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import write_config
+from conftest import long_run_config, one_line_error, start_train, wait_for, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -40,13 +40,6 @@ def ckpt_file(tmp_path_factory):
     cfg = load_config(write_config(tmp, tmp / "data", max_steps=10, eval_every=5, hidden_size=8))
     train(cfg)
     return tmp / "run" / "last.npz"
-
-
-def one_line_error(r, code=1):
-    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    assert r.stderr.count("\n") == 1 and r.stderr.endswith("\n"), repr(r.stderr)  # one line, no blank ones
-    return r.stderr
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -352,29 +345,13 @@ def test_checkpoint_loader_on_damaged_real_checkpoints(tmp_path, ckpt_file, data
 # ----------------------------------------------------------------------------- nothing lost (real processes)
 
 
-def long_run_config(tmp_path, data_dir):
-    return write_config(tmp_path, data_dir, max_steps=100000, eval_every=3, hidden_size=24, eval_chars=200)
-
-
-def start(cfg, *extra):
-    return subprocess.Popen([sys.executable, "-m", "charrnn", "train", str(cfg), "-q", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-
-
-def wait_for(path, timeout=60):
-    t0 = time.time()
-    while not path.exists():
-        assert time.time() - t0 < timeout, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 def test_sigkill_at_random_moments_never_leaves_a_broken_checkpoint(tmp_path, data_dir):
     cfg = long_run_config(tmp_path, data_dir)
     last = tmp_path / "run" / "last.npz"
     rnd = random.Random(0)
     steps = []
     for i in range(6):
-        proc = start(cfg, "--resume" if last.exists() else "--force")
+        proc = start_train(cfg, "--resume" if last.exists() else "--force")
         if i == 0:
             wait_for(last)
         time.sleep(rnd.uniform(0.3, 1.5))
@@ -391,7 +368,7 @@ def test_ctrl_c_saves_and_exits_130_with_the_command_that_resumes_this_run(tmp_p
     cfg = long_run_config(tmp_path, data_dir)
     other = tmp_path / "other run"  # out_dir set on the command line, with a space to quote
     last = other / "last.npz"
-    proc = start(cfg, "--set", f"out_dir={other}", "--set", "train.seed=3")
+    proc = start_train(cfg, "--set", f"out_dir={other}", "--set", "train.seed=3")
     wait_for(last)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)

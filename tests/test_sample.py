@@ -174,27 +174,12 @@ def test_unfiltered_draws_follow_the_softmax():
     # Gumbel-max must sample softmax(logits / T): compare frequencies over many draws
     import charrnn.sampling as sampling
 
-    class Fixed:
-        vocab_size, dtype = 4, np.float32
-        logits = np.log(np.array([[0.1, 0.2, 0.3, 0.4]], dtype=np.float32))
-
-        def initial_state(self, k):
-            return np.zeros((1, k, 1), np.float32)
-
-        def stepper(self, h):
-            return self
-
-        def feed(self, ids):
-            return np.repeat(self.logits, len(ids), axis=0)
-
-        def feed_one(self, c):
-            return self.logits[0]
-
-    expected = probabilities(Fixed.logits, 2.0)[0]
+    fixed = FixedLogits(np.log(np.array([0.1, 0.2, 0.3, 0.4], dtype=np.float32)))
+    expected = probabilities(fixed.logits, 2.0)[0]
     # one sample (the 1-D loop) and a batch of two (the batched loop)
     for k in (1, 2):
         vocab = Vocab(tuple("abcd"))
-        texts = sampling.generate(Fixed(), vocab, 40000, prime="a", decoding=sampling.Decoding(2.0), seed=0,
+        texts = sampling.generate(fixed, vocab, 40000, prime="a", decoding=sampling.Decoding(2.0), seed=0,
                                   num_samples=k)  # fmt: skip
         for text in texts:
             freq = np.array([text.count(c) for c in "abcd"]) / len(text)
