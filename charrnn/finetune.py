@@ -116,7 +116,6 @@ def init_from(path: str, cfg: Config, vocab: Vocab, fresh: dict[str, np.ndarray]
     params = transfer(ckpt.params, old_vocab, fresh, vocab, vocab_axes(m.hidden_size, m.num_layers, m.cell))
     origin = Origin(
         path=ckpt.path, step=ckpt.step, data=old_cfg.data, shared=len(shared),
-        new="".join(c for c in vocab.chars if c not in shared),
-        dropped="".join(c for c in old_vocab.chars if c not in shared),
+        new="".join(old_vocab.unknown(vocab.chars)), dropped="".join(vocab.unknown(old_vocab.chars)),
     )  # fmt: skip
     return params, origin
