@@ -4,6 +4,9 @@ Keys of the archive:
 
     layers.0.Wxh, ..., Why, by   the parameters, named exactly as in CharRNN.params
     optim.<slot>.<param name>    optimizer state (for example optim.m.Why)
+    ema.<param name>             the averaged parameters (train.ema_decay > 0): what evaluation,
+                                 sampling and fine-tuning use; the plain names hold the weights
+                                 being trained, which resuming goes on from
     state.h                      the state carried into the next window (L, B, S)
     meta                         a JSON document (as a 0-d unicode array): format and
                                  version, the resolved config, the vocabulary, the step,
@@ -18,7 +21,8 @@ old or the new checkpoint, never a broken one.
 
 Format versions: 1 (charrnn 0.1.0) knew only the vanilla cell and its config has
 no model.cell or model.dropout; it is read as cell rnn without dropout, which is
-what it was. 2 adds them.
+what it was. 2 adds them. 3 adds the ema.* arrays; a checkpoint without them is
+still written as version 2, so that releases that read only 2 (0.2.0) still read it.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ from .files import atomic_write
 from .model import DTYPES, CharRNN, param_shapes
 
 FORMAT = "charrnn-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest this release reads and writes (3 only when there are ema.* arrays)
 BEST, LAST = "best.npz", "last.npz"
 
 
@@ -55,6 +59,7 @@ class Checkpoint:
     optim_state: dict[str, np.ndarray]
     h: np.ndarray | None
     meta: dict
+    ema: dict[str, np.ndarray] | None = None  # the averaged parameters, when the run kept them
 
     @property
     def config(self):
@@ -68,10 +73,20 @@ class Checkpoint:
     def step(self) -> int:
         return int(self.meta["step"])
 
-    def model(self, device: str = "cpu") -> CharRNN:
-        """The model, on device (cpu or cuda) whichever device trained it: the file holds numpy arrays."""
+    @property
+    def inference_params(self) -> dict[str, np.ndarray]:
+        """The parameters to evaluate, sample and fine-tune from: the averaged ones if the run kept them."""
+        return self.params if self.ema is None else self.ema
+
+    def model(self, device: str = "cpu", averaged: bool = True) -> CharRNN:
+        """The model, on device (cpu or cuda) whichever device trained it: the file holds numpy arrays.
+
+        averaged: the averaged parameters if the checkpoint holds them (what its val loss
+        was measured on); False for the weights being trained (what resuming goes on from).
+        """
         m = self.config.model
-        return CharRNN.from_params(self.params, m.cell, m.activation, m.dropout, device)
+        params = self.inference_params if averaged else self.params
+        return CharRNN.from_params(params, m.cell, m.activation, m.dropout, device)
 
 
 def resolve(path: str | os.PathLike) -> Path:
@@ -87,18 +102,21 @@ def resolve(path: str | os.PathLike) -> Path:
     return p
 
 
-def save(path: str | os.PathLike, params, meta: dict, optim_state=None, h=None) -> None:
+def save(path: str | os.PathLike, params, meta: dict, optim_state=None, h=None, ema=None) -> None:
     """Write a checkpoint atomically (temporary file in the same folder, fsync, rename).
 
     The arrays may live on a GPU: they are saved as numpy arrays, so that any device loads them.
+    ema: the averaged parameters, keyed like params, or None.
     """
     path = Path(path)
     arrays: dict[str, np.ndarray] = {name: to_host(p) for name, p in params.items()}
     for name, arr in (optim_state or {}).items():
         arrays[f"optim.{name}"] = to_host(arr)
+    for name, arr in (ema or {}).items():
+        arrays[f"ema.{name}"] = to_host(arr)
     if h is not None:
         arrays["state.h"] = to_host(h)
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta}
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION if ema else 2, **meta}
     arrays["meta"] = np.array(json.dumps(doc, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -217,7 +235,7 @@ def load(path: str | os.PathLike) -> Checkpoint:
             shapes = _expected_shapes(config, vocab)
             dtype = np.dtype(DTYPES[config.model.dtype])
             params = {name: _finite(z.read(name, shape, dtype), name, p) for name, shape in shapes.items()}
-            optim_state, h = {}, None
+            optim_state, h, ema = {}, None, {}
             for key in z:
                 if key.startswith("optim."):
                     slot_name = key[len("optim.") :]
@@ -225,6 +243,11 @@ def load(path: str | os.PathLike) -> Checkpoint:
                     if pname not in shapes:
                         raise CheckpointError(f"{p}: optimizer state {key} names no parameter")
                     optim_state[slot_name] = _finite(z.read(key, shapes[pname], dtype), key, p)
+                elif key.startswith("ema."):
+                    pname = key[len("ema.") :]
+                    if pname not in shapes:
+                        raise CheckpointError(f"{p}: averaged parameter {key} names no parameter")
+                    ema[pname] = _finite(z.read(key, shapes[pname], dtype), key, p)
                 elif key == "state.h":
                     m = config.model
                     S = make_cell(m.cell, m.activation).state_size(m.hidden_size)
@@ -237,7 +260,9 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{p} holds an invalid config or vocabulary: {e}") from None
     except Exception as e:  # any failure to parse an untrusted file means the file is bad
         raise CheckpointError(f"cannot read checkpoint {p}: {str(e) or type(e).__name__}") from None
-    return Checkpoint(str(p), params, optim_state, h, meta)
+    if ema and set(ema) != set(shapes):
+        raise CheckpointError(f"{p}: the averaged parameters lack {', '.join(sorted(set(shapes) - set(ema)))}")
+    return Checkpoint(str(p), params, optim_state, h, meta, ema or None)
 
 
 def _finite(arr: np.ndarray, key: str, p: Path) -> np.ndarray:

@@ -2,7 +2,8 @@
 
     data: data/shakespeare          # folder written by `charrnn prepare`
     out_dir: runs/shakespeare       # checkpoints and metrics (default: runs/<config file stem>)
-    model:  {cell, hidden_size, num_layers, activation, dropout, dtype}
+    model:  {cell, hidden_size, num_layers, activation, dropout, variational_dropout, weight_drop,
+             embed_dropout, dtype}
     train:  {batch_size, seq_length, max_steps, optimizer, learning_rate, ...}
 
 Validation happens up front: an unknown key is an error that names the closest
@@ -38,7 +39,16 @@ class ModelConfig:
     num_layers: int = 1
     activation: str = "tanh"  # tanh | relu (relu for cell rnn only)
     dropout: float = 0.0  # probability of dropping each unit of every layer's output, in training
+    variational_dropout: bool = False  # one dropout mask per window for all its steps (locked), not one per step
+    weight_drop: float = 0.0  # DropConnect on each layer's recurrent matrix Whh, one mask per window
+    embed_dropout: float = 0.0  # probability of dropping a whole character (its embedding row) for a window
     dtype: str = "float32"  # float32 | float64
+
+
+# Training-only settings that are off by default. Off, they are left out of the stored config (Config.to_dict),
+# so a checkpoint that does not use them stays readable by releases before them (0.2.0 refuses unknown keys).
+OPTIONAL_OFF = {("model", "variational_dropout"): False, ("model", "weight_drop"): 0.0,
+                ("model", "embed_dropout"): 0.0, ("train", "ema_decay"): 0.0, ("train", "device"): "cpu"}  # fmt: skip
 
 
 ARCHITECTURE = ("cell", "hidden_size", "num_layers", "activation")  # the keys that fix the parameters' shapes
@@ -70,6 +80,7 @@ class TrainConfig:
     eps: float = 1e-8  # adagrad, rmsprop, adam
     input_lr_scale: float = 1.0  # learning-rate multiplier for layers.0.Wxh (the character embeddings)
     weight_decay: float = 0.0  # decoupled, on weight matrices only (not biases)
+    ema_decay: float = 0.0  # weight averaging: evaluate, keep and sample an EMA of the parameters; 0 = off
     grad_clip: float = 5.0  # clip the global gradient norm; 0 disables
     eval_every: int = 200
     log_every: int = 10  # append the mean training loss of every this many steps to out_dir/train.jsonl
@@ -92,11 +103,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        """The config as stored (checkpoints, tune's configs). train.device is left out when it is cpu,
-        its default: releases before it (0.2.0) refuse unknown keys, so CPU checkpoints stay readable there."""
+        """The config as stored (checkpoints, tune's configs). The keys of OPTIONAL_OFF are left out at their
+        defaults (train.device cpu, the regularisers off): releases before them (0.2.0) refuse unknown keys, so
+        checkpoints that do not use them stay readable there."""
         d = dataclasses.asdict(self)
-        if d["train"]["device"] == "cpu":
-            del d["train"]["device"]
+        for (section, key), off in OPTIONAL_OFF.items():
+            if d[section][key] == off:
+                del d[section][key]
         return d
 
 
@@ -119,6 +132,9 @@ NON_NEGATIVE = {
 }  # fmt: skip
 UNIT_INTERVAL = {  # must lie in [0, 1)
     "model.dropout",
+    "model.weight_drop",
+    "model.embed_dropout",
+    "train.ema_decay",
     "train.momentum",
     "train.beta1",
     "train.beta2",

@@ -113,7 +113,7 @@ def init_from(path: str, cfg: Config, vocab: Vocab, fresh: dict[str, np.ndarray]
     if not shared:
         raise FineTuneError(f"cannot fine-tune from {ckpt.path}: its vocabulary shares no character with {cfg.data}")
     m = cfg.model
-    params = transfer(ckpt.params, old_vocab, fresh, vocab, vocab_axes(m.hidden_size, m.num_layers, m.cell))
+    params = transfer(ckpt.inference_params, old_vocab, fresh, vocab, vocab_axes(m.hidden_size, m.num_layers, m.cell))
     origin = Origin(
         path=ckpt.path, step=ckpt.step, data=old_cfg.data, shared=len(shared),
         new="".join(old_vocab.unknown(vocab.chars)), dropped="".join(vocab.unknown(old_vocab.chars)),

@@ -4,8 +4,9 @@
 random batch with everything the training path meets: a non-zero initial state carried into the window, a mask
 with masked positions in the middle of sequences (the state still flows through
 them), and, for more than one layer, the gradient from upper layers into lower
-ones, and, with dropout, a fixed set of dropout masks (every evaluation of the
-loss draws them from a generator seeded alike). It works for every cell. It
+ones, and, with dropout or the other training-only regularisers (variational
+dropout, weight drop, embedding dropout), a fixed set of masks (every evaluation of
+the loss draws them from a generator seeded alike). It works for every cell. It
 compares every gradient of `CharRNN.backward`, the one into the initial state h0
 included, with
 
@@ -141,6 +142,9 @@ def gradcheck(
     dropout: float = 0.0,
     seed: int = 0,
     tol: float = 1e-6,
+    variational_dropout: bool = False,
+    weight_drop: float = 0.0,
+    embed_dropout: float = 0.0,
     eps: float | None = None,
     max_checks: int | None = None,
     model: CharRNN | None = None,
@@ -155,15 +159,17 @@ def gradcheck(
     out and counted (`ParamCheck.at_kink`). A smaller step crosses fewer kinks but
     leaves more rounding noise: 1e-5 gave up to 7e-6 relative error on a 2 x 96
     relu model, 1e-4 at most 3e-7 with 0 to 24 of 225 entries left out (6 seeds). With dropout
-    p > 0 every loss evaluation uses the same masks, drawn from a generator seeded
-    from `seed`, so the gradient of one fixed thinned network is checked.
+    p > 0 (or weight_drop, embed_dropout > 0) every loss evaluation uses the same masks, drawn
+    from a generator seeded from `seed`, so the gradient of one fixed thinned network is checked.
     max_checks caps the entries compared per array (chosen at random with the
     seeded generator); None compares every entry. A given `model` (float64
     recommended) is checked instead of a freshly built one.
     """
     rng = np.random.default_rng(seed)
     if model is None:
-        model = CharRNN(vocab, hidden, layers, cell, activation, dropout, seed=seed, dtype=np.float64)
+        model = CharRNN(vocab, hidden, layers, cell, activation, dropout, seed=seed, dtype=np.float64,
+                        variational_dropout=variational_dropout, weight_drop=weight_drop,
+                        embed_dropout=embed_dropout)  # fmt: skip
         # Non-zero biases. Zeros would hide a backward pass that drops a bias where it multiplies
         # (GRU: dr needs v_n + bhn), and with relu and dropout an all-dropped input row makes a
         # pre-activation exactly 0, on the kink. For relu they stay tiny: large ones move more
@@ -177,8 +183,10 @@ def gradcheck(
     x, y, h0, mask = make_problem(model, batch, seq, rng)
     h0 = h0.astype(model.dtype)
 
-    def masks():  # the same dropout masks at every call (None: no dropout)
-        return np.random.default_rng([seed, 1]) if model.dropout > 0 else None
+    drops = model.dropout > 0 or model.weight_drop > 0 or model.embed_dropout > 0
+
+    def masks():  # the same masks at every call (None: nothing dropped)
+        return np.random.default_rng([seed, 1]) if drops else None
 
     loss, cache, _ = model.forward_loss(x, y, h0, mask, rng=masks())
     grads, dh0 = model.backward(cache)
@@ -218,6 +226,7 @@ def gradcheck(
         cell=model.cell.name,
         activation=model.activation,
         dropout=model.dropout,
+        **model.regularization(),
         seed=seed,
         dtype=str(model.dtype),
         loss=loss,

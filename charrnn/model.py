@@ -18,10 +18,23 @@ Parameters live in one flat dict whose names are the checkpoint keys:
 1, 4, 3 for rnn, lstm, gru. Gradients use the same keys. The state is one array
 (L, B, S), S = H for rnn and gru and 2H for lstm ([..., :H] is h, [..., H:] is c).
 
-Dropout (inverted: kept units are scaled by 1/(1-p)) acts on each layer's output
-sequence, the input of the layer above and of the output layer, when a random
-generator is passed to the training calls; without one (evaluation, sampling)
-nothing is dropped.
+Regularisation, in training only: when a random generator is passed to the
+training calls. Without one (evaluation, sampling) nothing is dropped. Every mask is
+inverted (kept entries are scaled by 1/(1-p)) and drawn from that generator, in this
+order per window: the embedding mask, then per layer its weight-drop mask, then its
+dropout mask. An option that is off draws nothing, so the masks of the others do not
+move.
+
+    dropout p                 each layer's output sequence, the input of the layer above and of the
+                              output layer: one mask per step, (T, B, H) (Srivastava et al. 2014)
+    variational_dropout       the same p, but one mask per window shared by its T steps, (1, B, H):
+                              "locked" dropout (Gal & Ghahramani 2016; Merity et al. 2018, AWD-LSTM)
+    weight_drop p             DropConnect on each layer's recurrent matrix: Whh * M, M (H, G*H)
+                              one mask per window for every step and stream (Wan et al. 2013; AWD-LSTM)
+    embed_dropout p           whole characters: row v of layer 0's Wxh (character v's embedding)
+                              dropped for the window, m (V,) (Gal & Ghahramani 2016; AWD-LSTM)
+
+The gradients follow the masks: dWhh = dWhh_eff * M, dWxh_0 = dWxh_eff * m[:, None].
 """
 
 from __future__ import annotations
@@ -98,7 +111,9 @@ class ModelCache(NamedTuple):
 
     proj: list[OneHotAffineCache | AffineCache]  # per layer: the one-hot lookup (layer 0), dense above
     cells: list  # per layer: the cell's cache
-    masks: list[np.ndarray | None]  # per layer: the dropout multipliers (T, B, H) (0 or 1/(1-p)), or None
+    masks: list[np.ndarray | None]  # per layer: the dropout multipliers (T or 1, B, H) (0 or 1/(1-p)), or None
+    weight_masks: list[np.ndarray | None]  # per layer: the weight-drop multipliers of Whh (H, G*H), or None
+    embed_mask: np.ndarray | None  # the embedding-dropout multipliers of layer 0's rows (V, 1), or None
     out: AffineCache  # the output projection
     dlogits: np.ndarray  # (T*B, V) gradient of the mean loss with respect to the logits
 
@@ -123,12 +138,17 @@ class CharRNN:
         dtype=np.float32,
         params: dict[str, np.ndarray] | None = None,
         device: str = "cpu",
+        *,
+        variational_dropout: bool = False,
+        weight_drop: float = 0.0,
+        embed_dropout: float = 0.0,
     ):
         for label, value in (("vocab_size", vocab_size), ("hidden_size", hidden_size), ("num_layers", num_layers)):
             if int(value) != value or value < 1:
                 raise ValueError(f"{label} must be a positive integer, got {value!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
+        for label, value in (("dropout", dropout), ("weight_drop", weight_drop), ("embed_dropout", embed_dropout)):
+            if not 0 <= value < 1:
+                raise ValueError(f"{label} must lie in [0, 1), got {value!r}")
         self.cell = make_cell(cell, activation)  # ValueError for an unknown cell or a wrong activation
         self.backend = be = get_backend(device)  # DeviceError (one line) without CuPy or a GPU
         self.device = be.name
@@ -138,6 +158,9 @@ class CharRNN:
         self.num_layers = int(num_layers)
         self.activation = activation
         self.dropout = float(dropout)
+        self.variational_dropout = bool(variational_dropout)
+        self.weight_drop = float(weight_drop)
+        self.embed_dropout = float(embed_dropout)
         self.state_size = self.cell.state_size(self.hidden_size)
         self.dtype = np.dtype(dtype)
         if self.dtype not in (np.float32, np.float64):
@@ -168,20 +191,23 @@ class CharRNN:
         activation: str = "tanh",
         dropout: float = 0.0,
         device: str = "cpu",
+        **regularization,
     ) -> CharRNN:
         """Rebuild a model around existing parameters (host or device arrays) on a device; sizes and dtype
-        are read from them."""
+        are read from them. regularization: the constructor's variational_dropout, weight_drop, embed_dropout."""
         if "Why" not in params:
             raise ValueError("parameters lack 'Why'")
         H, V = params["Why"].shape
         L = sum(1 for name in params if name.startswith("layers.") and name.endswith(".Whh"))
-        return cls(V, H, L, cell, activation, dropout, dtype=params["Why"].dtype, params=params, device=device)
+        return cls(V, H, L, cell, activation, dropout, dtype=params["Why"].dtype, params=params, device=device,
+                   **regularization)  # fmt: skip
 
     def to(self, device: str) -> CharRNN:
         """This model on another device (a copy; the same model if it is there already)."""
         if get_backend(device) is self.backend:
             return self
-        return CharRNN.from_params(self.host_params(), self.cell.name, self.activation, self.dropout, device)
+        return CharRNN.from_params(self.host_params(), self.cell.name, self.activation, self.dropout, device,
+                                   **self.regularization())  # fmt: skip
 
     def host_params(self) -> dict[str, np.ndarray]:
         """The parameters as numpy arrays (what checkpoints hold), whatever the device."""
@@ -235,44 +261,63 @@ class CharRNN:
 
     # ----------------------------------------------------------------- forward
 
+    def regularization(self) -> dict:
+        """The training-only settings besides dropout, as keyword arguments of the constructor."""
+        return {"variational_dropout": self.variational_dropout, "weight_drop": self.weight_drop,
+                "embed_dropout": self.embed_dropout}  # fmt: skip
+
     def _hidden_states(self, ids_tb: np.ndarray, h0: np.ndarray, buffer=None, rng=None):
         """Run every layer over time-major ids (T, B).
 
         Returns the top layer's output (T, B, H) (dropped out if rng is given and
-        dropout > 0), the last state (L, B, S), and the projection caches, cell caches
-        and dropout masks per layer. buffer: None for fresh arrays, or `_buffer` to run
-        on the model's work arrays.
+        dropout > 0), the last state (L, B, S), the projection caches, cell caches
+        and dropout masks per layer, the weight-drop masks per layer and the embedding
+        mask (see the module doc; None where an option is off or rng is None).
+        buffer: None for fresh arrays, or `_buffer` to run on the model's work arrays.
         """
         T, B = ids_tb.shape
         ids_tb = self.backend.asarray(ids_tb)  # up as a small integer array (no copy on the CPU)
         H, GH = self.hidden_size, self.cell.gates * self.hidden_size
-        xp = self.xp
-        drop = self.dropout if rng is not None else 0.0
-        proj_caches, cell_caches, masks, last = [], [], [], []
+        be, xp = self.backend, self.xp
+        train = rng is not None
+        drop = self.dropout if train else 0.0
+        embed_mask = None
+        if train and self.embed_dropout > 0:  # (V, 1): a whole row, character v's embedding, per window
+            embed_mask = dropout_mask(rng, (self.vocab_size, 1), self.embed_dropout, self.dtype, be=be)
+        proj_caches, cell_caches, masks, weight_masks, last = [], [], [], [], []
         x = None
         for i in range(self.num_layers):
             lp = self.layer_params(i)
             cell_buffer = _layer_buffer(buffer, i)
             out = None if buffer is None else buffer(f"a.{i}", (T, B, GH))
             if i == 0:
-                a, pc = onehot_affine_forward(ids_tb, lp["Wxh"], lp["bh"], out=out)  # (T, B, G*H)
+                W0 = lp["Wxh"] if embed_mask is None else lp["Wxh"] * embed_mask
+                a, pc = onehot_affine_forward(ids_tb, W0, lp["bh"], out=out)  # (T, B, G*H)
             else:
                 a, pc = affine_forward(x, lp["Wxh"], lp["bh"], out=out)  # (T, B, G*H)
+            weight_mask = None
+            if train and self.weight_drop > 0:  # DropConnect: the cell runs on Whh * M for this window
+                shape = lp["Whh"].shape
+                weight_mask = None if buffer is None else buffer(f"wmask.{i}", shape)
+                weight_mask = dropout_mask(rng, shape, self.weight_drop, self.dtype, out=weight_mask, be=be)
+                lp = {**lp, "Whh": lp["Whh"] * weight_mask}
             hs, s_last, cc = self.cell.forward(a, h0[i], lp, cell_buffer)  # (T, B, H), (B, S)
             mask = None
             if drop > 0:
-                mask = None if buffer is None else buffer(f"mask.{i}", (T, B, H))
-                mask = dropout_mask(rng, (T, B, H), drop, self.dtype, out=mask, be=self.backend)
+                shape = (1, B, H) if self.variational_dropout else (T, B, H)  # one mask per window, or per step
+                mask = None if buffer is None else buffer(f"mask.{i}", shape)
+                mask = dropout_mask(rng, shape, drop, self.dtype, out=mask, be=be)
                 shape = (T, B, H)
-                dropped = self.backend.empty(shape, self.dtype) if buffer is None else buffer(f"drop.{i}", shape)
+                dropped = be.empty(shape, self.dtype) if buffer is None else buffer(f"drop.{i}", shape)
                 hs = xp.multiply(hs, mask, out=dropped)
             proj_caches.append(pc)
             cell_caches.append(cc)
             masks.append(mask)
+            weight_masks.append(weight_mask)
             last.append(s_last)
             x = hs
         h_last = xp.stack(last) if T else h0.copy()  # (L, B, S), a copy
-        return x, h_last, proj_caches, cell_caches, masks
+        return x, h_last, proj_caches, cell_caches, masks, weight_masks, embed_mask
 
     def forward(self, x, h0=None):
         """Logits for every position of x (B, T): returns logits (B, T, V) and the last state (L, B, S)."""
@@ -334,7 +379,9 @@ class CharRNN:
             if mask.shape != x.shape:
                 raise ValueError(f"mask must have the shape of x {x.shape}, got {mask.shape}")
             mask = self.backend.asarray(mask.T.reshape(-1))  # (T*B,) time-major like the logits
-        hs, h_last, proj_caches, cell_caches, masks = self._hidden_states(np.ascontiguousarray(x.T), h0, buffer, rng)
+        hs, h_last, proj_caches, cell_caches, masks, weight_masks, embed_mask = self._hidden_states(
+            np.ascontiguousarray(x.T), h0, buffer, rng
+        )
         V = self.vocab_size
         logits = dlogits = None
         if buffer is not None:
@@ -342,7 +389,8 @@ class CharRNN:
         logits, out_cache = affine_forward(hs, self.params["Why"], self.params["by"], out=logits)  # (T, B, V)
         targets = self.backend.asarray(y.T.reshape(-1))
         loss, dlogits = softmax_cross_entropy(logits.reshape(T * B, V), targets, mask, out=dlogits)
-        return loss, ModelCache(proj_caches, cell_caches, masks, out_cache, dlogits), h_last
+        cache = ModelCache(proj_caches, cell_caches, masks, weight_masks, embed_mask, out_cache, dlogits)
+        return loss, cache, h_last
 
     # ---------------------------------------------------------------- backward
 
@@ -369,10 +417,14 @@ class CharRNN:
                 dhs *= cache.masks[i]  # through the dropout: the kept units, scaled
             cell_buffer = _layer_buffer(buffer, i)
             da, dh0[i], cell_grads = self.cell.backward(dhs, cache.cells[i], cell_buffer)  # dhs may be overwritten
+            if cache.weight_masks[i] is not None:
+                cell_grads["Whh"] *= cache.weight_masks[i]  # dWhh = dWhh_eff * M
             for local, g in cell_grads.items():
                 grads[f"layers.{i}.{local}"] = g
             if i == 0:
                 grads["layers.0.Wxh"], grads["layers.0.bh"] = onehot_affine_backward(da, cache.proj[0])
+                if cache.embed_mask is not None:
+                    grads["layers.0.Wxh"] *= cache.embed_mask  # a dropped character's row gets no gradient
             else:
                 # dhs of the layer below: not da's buffer, which is read while this is written
                 dx = None if buffer is None else buffer(f"dhs.{i - 1}", (T, B, H))

@@ -35,6 +35,10 @@ def test_typo_is_an_error_naming_the_closest_key():
         ("model", "dropout", 1.0, r"\[0, 1\)"),
         ("model", "dropout", -0.1, r"\[0, 1\)"),
         ("train", "beta2", 1.0, r"\[0, 1\)"),
+        ("model", "weight_drop", 1.0, r"\[0, 1\)"),
+        ("model", "embed_dropout", -0.5, r"\[0, 1\)"),
+        ("model", "variational_dropout", 1, "true or false"),
+        ("train", "ema_decay", 1.0, r"\[0, 1\)"),
         ("train", "time_limit", "soon", "duration"),
     ],
 )  # fmt: skip
@@ -126,3 +130,16 @@ def test_no_setting_takes_an_infinite_or_nan_number(tmp_path, value):
     path.write_text(f"data: d\ntrain:\n  sample_temperature: {value}\n")
     with pytest.raises(ConfigError, match=r"train.sample_temperature must be a finite number"):
         load_config(path)
+
+
+def test_the_regularisers_are_stored_only_when_on():
+    # off (the default), they stay out of the stored config, so that 0.2.0 still reads those checkpoints
+    stored = from_dict({"data": "d", "out_dir": "o"}).to_dict()
+    assert not {"variational_dropout", "weight_drop", "embed_dropout"} & set(stored["model"])
+    assert "ema_decay" not in stored["train"]
+    on = from_dict({"data": "d", "out_dir": "o", "model": {"weight_drop": 0.2, "variational_dropout": True},
+                    "train": {"ema_decay": 0.999}})  # fmt: skip
+    d = on.to_dict()
+    assert d["model"]["weight_drop"] == 0.2 and d["model"]["variational_dropout"] is True
+    assert d["train"]["ema_decay"] == 0.999 and "embed_dropout" not in d["model"]
+    assert from_dict(d) == on

@@ -112,6 +112,30 @@ def test_vanilla_cell_passes_with_dropout():
         assert r.passed, [(c.name, c.max_rel_error) for c in r.checks]
 
 
+@pytest.mark.parametrize("cell, activation", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
+def test_every_cell_passes_with_weight_drop_embedding_and_variational_dropout(cell, activation):
+    r = gradcheck(cell=cell, activation=activation, layers=2, dropout=0.3, variational_dropout=True, weight_drop=0.3,
+                  embed_dropout=0.3, seed=5)  # fmt: skip
+    assert r.passed, [(c.name, c.max_rel_error) for c in r.checks]
+    assert r.settings["weight_drop"] == 0.3 and r.settings["variational_dropout"] is True
+
+
+@pytest.mark.parametrize("option", ["weight_drop", "embed_dropout"])
+def test_a_mask_left_out_of_the_backward_pass_is_caught(monkeypatch, option):
+    from charrnn.model import CharRNN
+
+    real = CharRNN._backward
+
+    def forgets_the_mask(self, cache, buffer=None):  # the bug: the weights' gradient ignores the mask
+        forget = {"weight_drop": dict(weight_masks=[None] * len(cache.weight_masks)), "embed_dropout": dict(
+            embed_mask=None)}[option]  # fmt: skip
+        return real(self, cache._replace(**forget), buffer)
+
+    monkeypatch.setattr(CharRNN, "_backward", forgets_the_mask)
+    r = gradcheck(cell="lstm", layers=2, seed=1, **{option: 0.4})
+    assert not r.passed
+
+
 def test_dropout_is_really_applied_in_the_check():
     # the masks change the loss: the check is not silently running the plain network
     plain = gradcheck(cell="lstm", layers=2, dropout=0.0, seed=4, max_checks=1)

@@ -246,3 +246,28 @@ def test_reused_work_arrays_change_no_result():
         assert m.loss(x, y)[0] == ref_loss
     grads0, _ = m.backward(cache0)  # the held cache is intact
     assert all(np.array_equal(grads0[k], m.loss_and_grads(x0, y0)[1][k]) for k in grads0)
+
+
+def test_the_regularisers_drop_in_training_only_and_draw_nothing_when_off():
+    kw = dict(vocab_size=9, hidden_size=6, num_layers=2, cell="lstm", dropout=0.3, seed=3)
+    plain = CharRNN(**kw)
+    reg = CharRNN(**kw, variational_dropout=True, weight_drop=0.5, embed_dropout=0.5)
+    x, y = batch(np.random.default_rng(0), 9, 4, 5)
+    assert reg.loss(x, y)[0] == plain.loss(x, y)[0]  # evaluation drops nothing
+    rng = np.random.default_rng(1)
+    _, cache, _ = reg.forward_loss(x, y, rng=rng)
+    assert all(m.shape == (1, 4, 6) for m in cache.masks)  # one mask per window, for all its steps
+    assert all(w.shape == (6, 24) and set(np.unique(w)) == {0, 2} for w in cache.weight_masks)
+    assert cache.embed_mask.shape == (9, 1) and set(np.unique(cache.embed_mask)) == {0, 2}
+    # with the options off, the dropout masks are the draws they always were
+    r1, r2 = np.random.default_rng(2), np.random.default_rng(2)
+    _, c1, _ = plain.forward_loss(x, y, rng=r1)
+    off = CharRNN(**kw, variational_dropout=False, weight_drop=0.0, embed_dropout=0.0)
+    _, c2, _ = off.forward_loss(x, y, rng=r2)
+    assert c2.weight_masks == [None, None] and c2.embed_mask is None
+    assert all(np.array_equal(a, b) for a, b in zip(c1.masks, c2.masks, strict=True))
+    assert r1.random() == r2.random()
+    with pytest.raises(ValueError, match="weight_drop"):
+        CharRNN(**kw, weight_drop=1.0)
+    rebuilt = CharRNN.from_params(reg.params, "lstm", **reg.regularization())
+    assert rebuilt.weight_drop == 0.5 and rebuilt.variational_dropout

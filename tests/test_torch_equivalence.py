@@ -162,3 +162,43 @@ def test_dropout_equals_pytorch_with_the_same_masks(cell):
     t_loss.backward()
     compare(m, loss, grads, h_last, dh0, t_loss.item(), torch_grads(m, mods, out, True), np.concatenate(last),
             s0.grad.numpy())  # fmt: skip
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_weight_drop_embedding_and_variational_dropout_equal_pytorch_with_the_same_masks(cell):
+    # AWD-LSTM's regularisers through autograd: each layer's module runs on Whh * M (weight drop) and layer 0
+    # on Wxh * m (embedding dropout) built from leaf tensors of our weights (torch.func.functional_call), so
+    # the gradients into the raw weights are PyTorch's own; the variational masks (1, B, H) hold for every step
+    m = randomised_model(cell, 2, seed=6, dropout=0.3)
+    m.variational_dropout, m.weight_drop, m.embed_dropout = True, 0.4, 0.3
+    x, y, h0, mask = problem(m, seed=6)
+    loss, cache, h_last = m.forward_loss(x, y, h0, mask, rng=np.random.default_rng(3))
+    grads, dh0 = m.backward(cache)
+    assert cache.embed_mask is not None and cache.embed_mask.min() == 0  # a character is dropped
+    assert all(mk.shape == (1, 3, m.hidden_size) for mk in cache.masks)
+
+    mods, out = torch_layers(m, per_layer=True)
+    H = m.hidden_size
+    s0 = torch.tensor(h0, requires_grad=True)
+    inp = nn.functional.one_hot(torch.from_numpy(x), m.vocab_size).double()
+    leaves, last = [], []
+    for i, mod in enumerate(mods):
+        p = {k: torch.tensor(np.array(a, dtype=np.float64), requires_grad=True) for k, a in m.layer_params(i).items()}
+        leaves.append(p)
+        Wxh = p["Wxh"] * torch.from_numpy(cache.embed_mask) if i == 0 else p["Wxh"]
+        bias_hh = torch.cat([torch.zeros(2 * H, dtype=torch.float64), p["bhn"]]) if "bhn" in p else None
+        weights = {
+            "weight_ih_l0": Wxh.T,
+            "weight_hh_l0": (p["Whh"] * torch.from_numpy(cache.weight_masks[i])).T,
+            "bias_ih_l0": p["bh"],
+            "bias_hh_l0": torch.zeros_like(p["bh"]) if bias_hh is None else bias_hh,
+        }
+        seq, s_i = torch.func.functional_call(mod, weights, (inp, split_state(m, s0[i : i + 1])))
+        last.append(join_state(m, s_i))
+        inp = seq * torch.from_numpy(cache.masks[i]).transpose(0, 1)  # (B, 1, H): the same mask at every step
+    t_loss = torch_loss(m, out(inp), y, mask)
+    t_loss.backward()
+    t_grads = {"Why": out.weight.grad.numpy().T, "by": out.bias.grad.numpy()}
+    for i, p in enumerate(leaves):
+        t_grads.update({f"layers.{i}.{k}": t.grad.numpy() for k, t in p.items()})
+    compare(m, loss, grads, h_last, dh0, t_loss.item(), t_grads, np.concatenate(last), s0.grad.numpy())

@@ -12,7 +12,7 @@ from conftest import write_config
 from charrnn import checkpoint
 from charrnn.config import load_config
 from charrnn.model import param_shapes
-from charrnn.train import TrainError, eval_windows, train, train_window, windows_per_epoch
+from charrnn.train import TrainError, eval_checkpoint, eval_windows, train, train_window, windows_per_epoch
 
 
 def test_windows_continue_each_stream():
@@ -131,6 +131,52 @@ def test_gated_cells_with_dropout_learn_and_resume_exactly(tmp_path, data_dir, c
     ck = checkpoint.load(a / "run" / "last.npz")
     assert ck.config.model.cell == cell and ck.config.model.dropout == 0.3
     assert ck.h.shape == (2, 4, 32 if cell == "lstm" else 16)
+
+
+def test_weight_averaging_and_the_regularisers_resume_exactly(tmp_path, data_dir):
+    model = {"cell": "lstm", "dropout": 0.3, "num_layers": 2, "variational_dropout": "true", "weight_drop": 0.3,
+             "embed_dropout": 0.1}  # fmt: skip
+    kw = dict(max_steps=24, eval_every=8, lr_schedule="cosine", learning_rate=0.02, ema_decay=0.99)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    train(load_config(write_config(a, data_dir, model, **kw)))
+    cfg_b = load_config(write_config(b, data_dir, model, **kw))
+    steps = []
+    train(cfg_b, callback=lambda k, i: steps.append(i["step"]) if k == "step" else None,
+          should_stop=lambda: len(steps) >= 11)  # fmt: skip
+    train(cfg_b, resume=True)
+    ca, cb = checkpoint.load(a / "run" / "last.npz"), checkpoint.load(b / "run" / "last.npz")
+    for name in ca.params:
+        np.testing.assert_array_equal(ca.params[name], cb.params[name])
+        np.testing.assert_array_equal(ca.ema[name], cb.ema[name])
+    assert records(a / "run") == [{**r, "elapsed_s": x["elapsed_s"], "chars_per_sec": x["chars_per_sec"]}
+                                  for r, x in zip(records(b / "run"), records(a / "run"), strict=True)]  # fmt: skip
+    assert ca.meta["format_version"] == 3 and ca.config.model.weight_drop == 0.3
+
+
+def test_the_averaged_weights_are_what_is_evaluated_kept_and_sampled(tmp_path, data_dir):
+    cfg = load_config(write_config(tmp_path, data_dir, max_steps=30, eval_every=10, ema_decay=0.9))
+    r = train(cfg)
+    best = checkpoint.load(tmp_path / "run" / "best.npz")
+    assert best.ema is not None and any(not np.array_equal(best.ema[k], best.params[k]) for k in best.params)
+    recorded = next(rec["val_loss"] for rec in records(tmp_path / "run") if rec["step"] == best.step)
+    assert recorded == r.best_val == eval_checkpoint(str(tmp_path / "run"))["val_loss"]  # best.npz, averaged
+    assert best.model(averaged=False).params["Why"] is not best.model().params["Why"]
+    np.testing.assert_array_equal(best.model().params["Why"], best.ema["Why"])
+    np.testing.assert_array_equal(best.model(averaged=False).params["Why"], best.params["Why"])
+
+
+def test_the_average_follows_the_parameters_with_a_warm_up():
+    from charrnn.train import ema_rate, update_ema
+
+    assert ema_rate(1, 0.999) == 2 / 11 and ema_rate(8, 0.999) == 0.5 and ema_rate(10**6, 0.999) == 0.999
+    p = {"w": np.full(3, 2.0)}
+    ema = {"w": np.zeros(3)}
+    update_ema(ema, p, 1, 0.5)  # d = min(0.5, 2/11): 2/11 * 0 + 9/11 * 2
+    np.testing.assert_allclose(ema["w"], 18 / 11)
+    for t in range(2, 60):
+        update_ema(ema, p, t, 0.5, scratch={"w": np.empty(3)})
+    np.testing.assert_allclose(ema["w"], 2.0)
 
 
 def test_evaluating_more_often_changes_no_parameter(tmp_path, data_dir):

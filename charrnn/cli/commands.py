@@ -346,6 +346,17 @@ def gradcheck(
         float,
         typer.Option("--dropout", callback=check_probability, help="Dropout probability, checked with fixed masks."),
     ] = 0.0,
+    variational_dropout: Annotated[
+        bool, typer.Option("--variational-dropout", help="One dropout mask per window instead of per step.")
+    ] = False,
+    weight_drop: Annotated[
+        float,
+        typer.Option("--weight-drop", callback=check_probability, help="DropConnect probability on Whh."),
+    ] = 0.0,
+    embed_dropout: Annotated[
+        float,
+        typer.Option("--embed-dropout", callback=check_probability, help="Probability of dropping a character."),
+    ] = 0.0,
     hidden: HiddenOpt = 10,
     layers: LayersOpt = 2,
     vocab: Annotated[int, typer.Option("--vocab", min=2, help="Vocabulary size.")] = 7,
@@ -381,6 +392,9 @@ def gradcheck(
             cell=cell.value,
             activation=activation.value,
             dropout=dropout,
+            variational_dropout=variational_dropout,
+            weight_drop=weight_drop,
+            embed_dropout=embed_dropout,
             seed=seed,
             tol=tol,
             eps=eps,
@@ -396,7 +410,9 @@ def gradcheck(
             title=f"gradcheck: {s['cell']}"
             + (f" ({s['activation']})" if len(cell_class(s["cell"]).activations) > 1 else "")
             + f", {s['layers']} layer(s), V={s['vocab']} H={s['hidden']} B={s['batch']} T={s['seq']}"
-            + (f", dropout {s['dropout']:g}" if s["dropout"] else "")
+            + (f", {'variational ' * s['variational_dropout']}dropout {s['dropout']:g}" if s["dropout"] else "")
+            + (f", weight drop {s['weight_drop']:g}" if s["weight_drop"] else "")
+            + (f", embedding dropout {s['embed_dropout']:g}" if s["embed_dropout"] else "")
             + f", float64, eps={result.eps:g}",
         )
         table.add_column("parameter")
