@@ -3,8 +3,9 @@
 #
 #   DATA=path/to/tinyshakespeare.txt bash bench/gpu_check.sh
 #
-# 1. pytest -m gpu: the engine on CuPy against the CPU engine (float64 1e-9, float32 1e-4), resume
-#    across devices, sampling on the device                                          (~1 min)
+# 1. pytest -m gpu: the engine on CuPy against the CPU engine (float64 1e-9, float32 1e-4), the
+#    cells' cupy.fuse kernels against the unfused path, resume across devices, sampling on the
+#    device (the first run also compiles the fused kernels, seconds each)             (~1 min)
 # 2. bench/bench.py --device cuda: training steps against PyTorch cuDNN, vanilla 1x512, LSTM 2x512
 #    and GRU 2x512 at B64 and B256, sampling 256 samples at once, GPU memory        (~3 min)
 # 3. bench/gpu_agreement.py: 300 steps of configs/shakespeare-lstm.yaml on cuda, and on the CPU for

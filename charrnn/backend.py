@@ -11,6 +11,8 @@ operations whose best form differs between the two:
                            by the model before the upload (a device min/max would stop the stream)
     sum_squares            gradient clipping's norm: on the GPU summed on the device, one transfer
     errstate               numpy's floating-point warnings; CuPy raises none
+    fused                  a cell's per-step elementwise work as fused kernels (cupy.fuse) on the GPU,
+                           None on the CPU, where the cell runs its tuned in-place sequence instead
 
 The maths never asks which device it runs on: a function takes the backend of its
 arrays (`backend_of`), so the same code runs on either, and the CPU path is the
@@ -88,15 +90,27 @@ class Backend:
     def errstate(self, **kwargs):
         return np.errstate(**kwargs)
 
+    def fused(self, kernels):
+        """A cell's fused step kernels, or None: run the unfused in-place sequence.
+
+        kernels(xp) -> {name: function of xp's ufuncs} is the cell's kernel set (for example
+        `charrnn.cells.lstm.kernels`). On the CPU the answer is None: numpy runs each ufunc as
+        its own loop anyway, and the cells' tuned sequences (the exp trick, block steps, no
+        temporaries) are faster there than the fused functions' plain expressions.
+        """
+        return None
+
 
 class CudaBackend(Backend):
     """CuPy on the current GPU. Parameters, state, work arrays and gradients live on the device."""
 
     name = "cuda"
     host = False
+    fuse_cells = True  # False: the cells run their unfused sequence (tests/test_gpu.py compares the two)
 
     def __init__(self, cupy):
         super().__init__(cupy)
+        self._kernels: dict = {}  # kernel set -> its functions fused, compiled once per dtype and shape rank
 
     def empty(self, shape, dtype=np.float32):
         return self.xp.empty(shape, dtype=dtype)
@@ -129,6 +143,22 @@ class CudaBackend(Backend):
 
     def errstate(self, **kwargs):
         return contextlib.nullcontext()
+
+    def fused(self, kernels):
+        """kernels(cupy), each function fused by cupy.fuse into one elementwise kernel (built once).
+
+        A step of a cell is then one cuBLAS product and one kernel, instead of one kernel per
+        ufunc (each paying a launch). The stand-in's fuse (tests/fake_cupy.py) runs the function
+        itself, so the tests run these very functions as plain ufunc expressions on the CPU.
+        """
+        if kernels is None or not self.fuse_cells:  # a cell without kernels runs its unfused sequence
+            return None
+        fused = self._kernels.get(kernels)
+        if fused is None:
+            cell = kernels.__module__.rsplit(".", 1)[-1]  # names in the CUDA source: charrnn_lstm_forward
+            fns = kernels(self.xp).items()
+            fused = self._kernels[kernels] = {n: self.xp.fuse(kernel_name=f"charrnn_{cell}_{n}")(f) for n, f in fns}
+        return fused
 
 
 CPU = Backend()

@@ -16,8 +16,11 @@ sampling with `device: cuda`. Device arrays are `ndarray`, a numpy subclass of t
   be on the "device", and checkpoints to hold plain numpy arrays (`asnumpy` gives one).
 
 `asarray` and `array` copy a host array, as an upload does: the device array never shares
-memory with the host one. `fuse` is the identity decorator, so the fused functions run as
-plain ufunc expressions. `cuda.runtime.getDeviceCount()` returns DEVICE_COUNT (the tests set 0
+memory with the host one. `fuse` runs the decorated function itself, as plain ufunc expressions
+(so the cells' fused kernels are tested for their arithmetic), with two of cupy.fuse's rules
+enforced while it runs: its arguments are device arrays, scalars or None, and the function
+indexes no array except whole, as `x[...] = value` (cupy.fuse supports no slicing: the callers
+pass each gate block as a view of its own). `cuda.runtime.getDeviceCount()` returns DEVICE_COUNT (the tests set 0
 for "CuPy but no GPU"). Any other name falls through to numpy, its array results made device arrays.
 
 What the stand-in cannot check (the tests marked `gpu` do, on a real GPU): real kernels (cuBLAS,
@@ -29,6 +32,7 @@ works here).
 
 from __future__ import annotations
 
+import functools
 import types
 
 import numpy as np
@@ -53,11 +57,13 @@ class ndarray(np.ndarray):  # CuPy's name
         return _device(result)
 
     def __getitem__(self, index):
+        _check_fused_index(index)
         if _has_host_array(index):
             raise TypeError("fake cupy: a device array indexed with a host (numpy) array")
         return super().__getitem__(index)
 
     def __setitem__(self, index, value):
+        _check_fused_index(index)
         if _has_host_array((index, value)):
             raise TypeError("fake cupy: a host (numpy) array in an item assignment to a device array")
         super().__setitem__(index, value)
@@ -126,11 +132,35 @@ def get_array_module(*args):
     return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else np
 
 
+_fusing = 0  # > 0 while a function decorated by fuse runs
+
+
+def _check_fused_index(index) -> None:
+    if _fusing and not (index is Ellipsis or (isinstance(index, slice) and index == slice(None))):
+        raise TypeError(f"fake cupy: indexing [{index!r}] inside a fused function (cupy.fuse takes [...] only)")
+
+
 def fuse(*args, **kwargs):
-    """cupy.fuse, as @fuse or @fuse(kernel_name=...): here the function itself."""
+    """cupy.fuse, as @fuse or @fuse(kernel_name=...): the function itself, run under two of fuse's rules."""
+
+    def decorate(f):
+        @functools.wraps(f)
+        def fused(*fargs):
+            global _fusing
+            for a in fargs:
+                if not (a is None or isinstance(a, (ndarray, np.generic, int, float, bool, complex))):
+                    raise TypeError(f"fake cupy: fused {f.__name__} given a {type(a).__name__}")
+            _fusing += 1
+            try:
+                return f(*fargs)
+            finally:
+                _fusing -= 1
+
+        return fused
+
     if len(args) == 1 and callable(args[0]) and not kwargs:
-        return args[0]
-    return lambda f: f
+        return decorate(args[0])
+    return decorate
 
 
 cuda = types.SimpleNamespace(

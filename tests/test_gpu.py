@@ -2,6 +2,7 @@
 
 tests/test_gpu_standin.py proves the same code path on the CPU against a stand-in; these tests
 check what it cannot: CuPy's own kernels and cuBLAS, in float64 (1e-9) and float32 (1e-4),
+the cells' kernels as cupy.fuse compiles them against the unfused path (the same tolerances),
 resume across devices with real device arrays, and sampling on the device.
 """
 
@@ -45,6 +46,36 @@ def test_loss_and_gradients_equal_the_cpu_engines(cell, activation, dtype, tol, 
         scale = max(1.0, float(np.abs(gc[name]).max()))
         np.testing.assert_allclose(cupy.asnumpy(gg[name]), gc[name], rtol=tol, atol=tol * scale, err_msg=name)
     np.testing.assert_allclose(cupy.asnumpy(hg), hc, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("cell, activation", CELLS)
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-9), (np.float32, 1e-4)])
+def test_the_fused_kernels_equal_the_unfused_path(cell, activation, dtype, tol, monkeypatch):
+    """The cells' step kernels compiled by cupy.fuse (the stand-in runs them as numpy) against the
+    unfused sequence of CuPy ufuncs (CudaBackend.fuse_cells = False), on the same GPU."""
+    import cupy
+
+    from charrnn.backend import get_backend
+    from charrnn.model import CharRNN
+
+    be = get_backend("cuda")
+    model = CharRNN(65, 64, 2, cell, activation, dropout=0.2, seed=1, dtype=dtype, device="cuda")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 65, (16, 20)), rng.integers(0, 65, (16, 20))
+    h0 = (rng.standard_normal((2, 16, model.state_size)) * 0.5).astype(dtype)
+    runs = {}
+    for fused in (False, True):
+        monkeypatch.setattr(be, "fuse_cells", fused)
+        loss, grads, h = model.loss_and_grads(x, y, h0, rng=np.random.default_rng(3))
+        runs[fused] = loss, {k: cupy.asnumpy(g) for k, g in grads.items()}, cupy.asnumpy(h)
+    (l0, g0, h0_), (l1, g1, h1) = runs[False], runs[True]
+    assert abs(l1 - l0) <= tol * max(1.0, abs(l0))
+    for name in g0:
+        scale = max(1.0, float(np.abs(g0[name]).max()))
+        np.testing.assert_allclose(g1[name], g0[name], rtol=tol, atol=tol * scale, err_msg=name)
+    np.testing.assert_allclose(h1, h0_, rtol=tol, atol=tol)
+    kernels = be.fused(type(model.cell).kernels)
+    assert all(type(k).__name__ == "Fusion" for k in kernels.values())  # what ran is cupy.fuse's
 
 
 def test_training_resumes_across_devices_and_samples_on_the_gpu(tmp_path, data_dir):

@@ -7,8 +7,15 @@ loss and every gradient equal the CPU engine's, that training, evaluation, sampl
 checkpoints work across devices, and that cuda without CuPy or without a GPU is one clear line.
 What it cannot check (real kernels, cupy.fuse's compiled code, graph capture, float32 rounding
 on the device, timing) is tests/test_gpu.py's, marked `gpu`, on a real GPU (fake_cupy's doc).
+
+The cells' fused kernels: on cuda each cell step runs the functions of its module's `kernels`,
+which the stand-in's `fuse` runs as plain numpy (refusing slices and non-array arguments, as
+cupy.fuse does). So the equivalence tests below check the fused kernels' equations, and count
+that they are what the cuda path calls; that cupy.fuse compiles them, what they cost, and their
+float32 rounding on the device, are tests/test_gpu.py's.
 """
 
+import collections
 import sys
 
 import fake_cupy
@@ -19,6 +26,7 @@ from typer.testing import CliRunner
 
 from charrnn import backend, checkpoint
 from charrnn.backend import DeviceError, get_backend
+from charrnn.cells import make_cell
 from charrnn.cli import app
 from charrnn.config import load_config
 from charrnn.model import CharRNN
@@ -36,6 +44,28 @@ def cupy(monkeypatch):
     monkeypatch.setattr(fake_cupy, "DEVICE_COUNT", 1)
     monkeypatch.setattr(backend, "_cuda", None)
     return fake_cupy
+
+
+@pytest.fixture
+def kernel_calls(cupy, monkeypatch):
+    """Calls of each fused kernel by its kernel_name (charrnn_lstm_forward, ...), counted."""
+    calls = collections.Counter()
+    fuse = cupy.fuse
+
+    def counting_fuse(kernel_name):
+        def decorate(f):
+            fused = fuse(kernel_name=kernel_name)(f)
+
+            def call(*args):
+                calls[kernel_name] += 1
+                return fused(*args)
+
+            return call
+
+        return decorate
+
+    monkeypatch.setattr(cupy, "fuse", counting_fuse)
+    return calls
 
 
 def on_device(a) -> bool:
@@ -57,7 +87,8 @@ CELLS = [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")]
 
 @pytest.mark.parametrize("cell, activation", CELLS)
 @pytest.mark.parametrize("V", [11, 120])  # 120: the embedding gradient's sort path (PRODUCT_MAX_VOCAB = 96)
-def test_loss_and_every_gradient_equal_the_cpu_engines(cupy, cell, activation, V):
+def test_loss_and_every_gradient_equal_the_cpu_engines(cupy, kernel_calls, cell, activation, V):
+    """On cuda the cells run their fused kernels (counted), the CPU its own loops: the same numbers."""
     cpu, cuda = pair(cell, activation, V=V, dropout=0.25)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, V, (5, 9)), rng.integers(0, V, (5, 9))
@@ -78,6 +109,49 @@ def test_loss_and_every_gradient_equal_the_cpu_engines(cupy, cell, activation, V
     logits_c, _ = cpu.forward(x, h0)
     logits_g, _ = cuda.forward(x, h0)
     np.testing.assert_allclose(cupy.asnumpy(logits_g), logits_c, rtol=1e-10, atol=1e-12)
+    # one kernel call per layer and step: 2 layers x 9 steps, forward in 4 passes, backward in 2
+    f = f"_{activation}" if cell == "rnn" else ""
+    assert kernel_calls == {f"charrnn_{cell}_forward{f}": 4 * 18, f"charrnn_{cell}_backward{f}": 2 * 18}
+
+
+@pytest.mark.parametrize("cell, activation", CELLS)
+def test_the_unfused_cuda_path_equals_the_cpu_engine(cupy, kernel_calls, monkeypatch, cell, activation):
+    """fuse_cells = False: the CPU's loops on device arrays, tests/test_gpu.py's reference for the
+    fused kernels, stay device-clean. The CPU backend never offers kernels."""
+    assert backend.CPU.fused(make_cell(cell, activation).kernels) is None
+    monkeypatch.setattr(backend.CudaBackend, "fuse_cells", False)
+    cpu, cuda = pair(cell, activation, dropout=0.25)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (5, 9)), rng.integers(0, 11, (5, 9))
+    h0 = rng.standard_normal((2, 5, cpu.state_size)) * 0.5
+    lc, gc, hc = cpu.loss_and_grads(x, y, h0, rng=np.random.default_rng(7))
+    lg, gg, hg = cuda.loss_and_grads(x, y, h0, rng=np.random.default_rng(7))
+    assert abs(lc - lg) < 1e-10 and not kernel_calls
+    for name in gc:
+        assert on_device(gg[name]), name
+        np.testing.assert_allclose(cupy.asnumpy(gg[name]), gc[name], rtol=1e-10, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(cupy.asnumpy(hg), hc, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_the_fused_kernels_take_saturated_gates(cupy, cell, dtype, tol):
+    """Pre-activations of several hundred: the fused sigmoid 1 / (1 + exp(-x)) gives exactly 0 where
+    exp overflows (numpy warns here, hence the errstate; a GPU kernel raises no warning)."""
+    cpu = CharRNN(9, 6, 2, cell, seed=3, dtype=dtype)
+    cpu.params["layers.0.Wxh"] *= 2000
+    cuda = CharRNN.from_params(cpu.params, cell, "tanh", 0.0, device="cuda")
+    rng = np.random.default_rng(5)
+    x, y = rng.integers(0, 9, (3, 8)), rng.integers(0, 9, (3, 8))
+    lc, gc, hc = cpu.loss_and_grads(x, y)
+    with np.errstate(over="ignore"):
+        lg, gg, hg = cuda.loss_and_grads(x, y)
+    assert lg == pytest.approx(lc, rel=tol)
+    np.testing.assert_allclose(cupy.asnumpy(hg), hc, atol=tol)
+    for name in gc:
+        g = cupy.asnumpy(gg[name])
+        assert np.isfinite(g).all(), name
+        np.testing.assert_allclose(g, gc[name], rtol=tol, atol=tol * max(1.0, np.abs(gc[name]).max()), err_msg=name)
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)

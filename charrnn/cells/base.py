@@ -14,6 +14,7 @@ class BaseCell:
     gates = 1  # G: blocks of H columns in Wxh, Whh and bh
     activations: tuple[str, ...] = ("tanh",)  # accepted nonlinearities, the default first
     state_factor = 1  # S = state_factor * H
+    kernels = None  # the module's fused-kernel set, kernels(xp) -> {name: function of ufuncs} (see fused)
 
     def __init__(self, activation: str = "tanh"):
         if activation not in self.activations:
@@ -51,6 +52,12 @@ class BaseCell:
         """(b_in, b_rec): by default the whole bias sits on the recurrent side."""
         return backend_of(p["bh"]).xp.zeros_like(p["bh"]), p["bh"]
 
+    def fused(self, x):
+        """The cell's fused step kernels on the backend of x (`Backend.fused` of the module's `kernels`),
+        or None: run the unfused sequence. The backend decides (cupy.fuse on the GPU, None on the CPU);
+        the cell's forward and backward only pick the loop that fits the answer."""
+        return backend_of(x).fused(type(self).kernels)
+
     def step_fn(self, xp=np):
         """`step_` bound once to an array module (numpy or cupy): the maths holds no device branch."""
         return functools.partial(self.step_, xp=xp)
@@ -63,6 +70,20 @@ class BaseCell:
 def work(buffer, name: str, shape: tuple[int, ...], dtype, be) -> np.ndarray:
     """A work array: the model's kept one (buffer(name, shape)) or a fresh one from backend be."""
     return be.empty(shape, dtype) if buffer is None else buffer(name, shape)
+
+
+def zeroed(buffer, name: str, shape: tuple[int, ...], dtype, be) -> np.ndarray:
+    """`work`, filled with zeros (as be.zeros: the same values, no new memory with a buffer)."""
+    out = work(buffer, name, shape, dtype, be)
+    out.fill(0)
+    return out
+
+
+def gate_blocks(x, G: int) -> list:
+    """x (..., G*H) as G views (..., H), one per gate block: a fused kernel takes no slices, so
+    its callers pass each block as an argument of its own (strided views are fine there)."""
+    H = x.shape[-1] // G
+    return [x[..., j * H : (j + 1) * H] for j in range(G)]
 
 
 # Rows of (B, G*H) gate work that the gated cells prepare in one call: in the forward the LSTM's

@@ -20,6 +20,12 @@ Backward, going back in time with dh = dhs_t + (the gradient through the recurre
     dh_{t-1} = dh * z + dv Whh^T
 
 dWhh = sum_t h_{t-1}^T dv_t, one product over all steps.
+
+Two loops compute this. `gru_forward` and `gru_backward` are the CPU engine, tuned for numpy
+(negated Whh columns for one-exp sigmoids, factors prepared a block of steps at a time). On a
+backend that offers fused kernels (the GPU: `Backend.fused`), `gru_forward_fused` and
+`gru_backward_fused` run each step as one product and one kernel of `kernels`, the equations
+above written as plain expressions; the cell picks the loop by the backend's answer.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import numpy as np
 
 from ..backend import backend_of
 from . import cell_activations
-from .base import BaseCell, block_steps, input_weights, orthogonal, sigmoid_, work
+from .base import BaseCell, block_steps, gate_blocks, input_weights, orthogonal, sigmoid_, work, zeroed
 
 
 class GRUCache(NamedTuple):
@@ -38,6 +44,47 @@ class GRUCache(NamedTuple):
     hn: np.ndarray  # (T, B, H) v_n + bhn, what r multiplies; gru_backward overwrites it
     hs: np.ndarray  # (T+1, B, H) h_0..h_T
     Whh: np.ndarray  # (H, 3H)
+
+
+def kernels(xp):
+    """The fused step kernels (`Backend.fused`): functions of xp's ufuncs, every argument (B, H)
+    (a view of one gate block, or a step of hs, hn, du, dvs) but bhn (H,), the outputs written in
+    place. The GPU fuses each into one kernel; the stand-in runs them as they are.
+
+    forward(r, z, n, vr, vz, vn, bhn, h_prev, hn, h): r, z, n hold u_t = x_t Wxh + bh and vr, vz, vn
+        h_{t-1} Whh, block by block; r, z, n <- the gates of the module doc; hn <- v_n + bhn; h <- h_t.
+    backward(dh, carry, direct, r, z, n, hn, h_prev, dur, duz, dun, dvr, dvz, dvn): the equations of
+        the module doc with dh_t = dh + carry + direct (dhs_t, dv_{t+1} Whh^T and dh_{t+1} z_{t+1});
+        du.. <- [da_r, da_z, da_n], dv.. <- [da_r, da_z, da_n r], direct <- dh_t z_t. dh is only read.
+    """
+
+    def sigmoid(x):
+        return 1 / (1 + xp.exp(-x))  # exp overflows to inf for x < -88 (float32): 1 / inf = 0 is right
+
+    def forward(r, z, n, vr, vz, vn, bhn, h_prev, hn, h):
+        gr, gz = sigmoid(r + vr), sigmoid(z + vz)
+        q = vn + bhn
+        gn = xp.tanh(n + gr * q)
+        r[...] = gr
+        z[...] = gz
+        n[...] = gn
+        hn[...] = q
+        xp.add(gn, gz * (h_prev - gn), out=h)
+
+    def backward(dh, carry, direct, r, z, n, hn, h_prev, dur, duz, dun, dvr, dvz, dvn):
+        dht = dh + carry + direct
+        da_n = dht * (1 - z) * (1 - n * n)
+        da_z = dht * (h_prev - n) * z * (1 - z)
+        da_r = da_n * hn * r * (1 - r)
+        dur[...] = da_r
+        duz[...] = da_z
+        dun[...] = da_n
+        dvr[...] = da_r
+        dvz[...] = da_z
+        xp.multiply(da_n, r, out=dvn)
+        xp.multiply(dht, z, out=direct)
+
+    return {"forward": forward, "backward": backward}
 
 
 def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray, buffer=None):
@@ -54,9 +101,10 @@ def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray,
     dtype = u.dtype
     hs = work(buffer, "hs", (T + 1, B, H), dtype, be)
     hn = work(buffer, "hn", (T, B, H), dtype, be)
-    Whh_s = be.copy(Whh, dtype)
+    Whh_s = work(buffer, "Whh_s", Whh.shape, dtype, be)
+    Whh_s[...] = Whh
     Whh_s[:, : 2 * H] *= -1
-    v = be.empty((B, G3), dtype)  # h_{t-1} Whh, its r and z blocks negated
+    v = work(buffer, "v", (B, G3), dtype, be)  # h_{t-1} Whh, its r and z blocks negated
     hs[0] = h0
     with be.errstate(over="ignore"):
         for t in range(T):
@@ -80,6 +128,25 @@ def gru_forward(u: np.ndarray, h0: np.ndarray, Whh: np.ndarray, bhn: np.ndarray,
     return hs[1:], GRUCache(u, hn, hs, Whh)
 
 
+def gru_forward_fused(u, h0, Whh, bhn, k: dict, buffer=None):
+    """`gru_forward` with each step's elementwise work one call of the fused kernel k["forward"]."""
+    be = backend_of(u)
+    xp = be.xp
+    T, B, G3 = u.shape
+    H = G3 // 3
+    hs = work(buffer, "hs", (T + 1, B, H), u.dtype, be)
+    hn = work(buffer, "hn", (T, B, H), u.dtype, be)
+    v = work(buffer, "v", (B, G3), u.dtype, be)  # h_{t-1} Whh
+    U, V = gate_blocks(u, 3), gate_blocks(v, 3)
+    hs[0] = h0
+    step = k["forward"]
+    for t in range(T):
+        h_prev = hs[t]
+        xp.matmul(h_prev, Whh, out=v)
+        step(U[0][t], U[1][t], U[2][t], *V, bhn, h_prev, hn[t], hs[t + 1])
+    return hs[1:], GRUCache(u, hn, hs, Whh)
+
+
 def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
     """BPTT for `gru_forward`: gradients for (u, h0, Whh, bhn). dhs (T, B, H) and cache.hn are overwritten.
 
@@ -99,10 +166,11 @@ def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
     dvn = work(buffer, "dvn", (T, B, H), dtype, be)  # dv_n for every step (dWhh's n block, dbhn)
     K = block_steps(T, B)
     x = work(buffer, "tmp", (K, B, H), dtype, be)
-    WhhT = be.copy(Whh.T)
-    carry = be.zeros((B, H), dtype)  # the gradient into h_t through step t+1
-    dv = be.empty((B, 3 * H), dtype)  # dv_t = [da_r, da_z, dv_n]
-    tmp = be.empty((B, H), dtype)
+    WhhT = work(buffer, "WhhT", Whh.shape[::-1], dtype, be)
+    WhhT[...] = Whh.T
+    carry = zeroed(buffer, "carry", (B, H), dtype, be)  # the gradient into h_t through step t+1
+    dv = work(buffer, "dv", (B, 3 * H), dtype, be)  # dv_t = [da_r, da_z, dv_n]
+    tmp = work(buffer, "direct", (B, H), dtype, be)
     du3 = du.reshape(T, B, 3, H)  # a view: the blocks r, z, n along axis 2
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
@@ -138,12 +206,41 @@ def gru_backward(dhs: np.ndarray, cache: GRUCache, buffer=None):
     return du, carry, dWhh, dbhn
 
 
+def gru_backward_fused(dhs, cache: GRUCache, k: dict, buffer=None):
+    """`gru_backward` with each step's elementwise work one call of the fused kernel k["backward"].
+
+    dhs and the cache are only read. dv_t = [da_r, da_z, dv_n] is kept for every step (dvs), so that
+    dWhh is one product."""
+    be = backend_of(dhs)
+    xp = be.xp
+    gates, hn, hs, Whh = cache
+    T, B, H = hn.shape
+    dtype = hn.dtype
+    du = work(buffer, "du", (T, B, 3 * H), dtype, be)
+    dvs = work(buffer, "dvs", (T, B, 3 * H), dtype, be)
+    WhhT = work(buffer, "WhhT", Whh.shape[::-1], dtype, be)
+    WhhT[...] = Whh.T
+    carry = zeroed(buffer, "carry", (B, H), dtype, be)  # dv_{t+1} Whh^T
+    direct = zeroed(buffer, "direct", (B, H), dtype, be)  # dh_{t+1} z_{t+1}, the direct path
+    Gs, DU, DV = gate_blocks(gates, 3), gate_blocks(du, 3), gate_blocks(dvs, 3)
+    step = k["backward"]
+    for t in range(T - 1, -1, -1):
+        step(dhs[t], carry, direct, Gs[0][t], Gs[1][t], Gs[2][t], hn[t], hs[t], DU[0][t], DU[1][t], DU[2][t],
+             DV[0][t], DV[1][t], DV[2][t])  # fmt: skip
+        xp.matmul(dvs[t], WhhT, out=carry)
+    carry += direct  # dh_0
+    dWhh = xp.matmul(hs[:-1].reshape(-1, H).T, dvs.reshape(-1, 3 * H))
+    dbhn = DV[2].sum(axis=(0, 1))
+    return du, carry, dWhh, dbhn
+
+
 class Cell(BaseCell):
     """The GRU behind the common interface (see charrnn.cells)."""
 
     name = "gru"
     gates = 3
     activations = cell_activations("gru")
+    kernels = staticmethod(kernels)
 
     def param_shapes(self, D: int, H: int) -> dict[str, tuple[int, ...]]:
         return {**super().param_shapes(D, H), "bhn": (H,)}
@@ -167,11 +264,19 @@ class Cell(BaseCell):
         return b_in, b_rec
 
     def forward(self, a, s0, p, buffer=None):
-        hs, cache = gru_forward(a, s0, p["Whh"], p["bhn"], buffer)
+        k = self.fused(a)
+        if k is None:
+            hs, cache = gru_forward(a, s0, p["Whh"], p["bhn"], buffer)
+        else:
+            hs, cache = gru_forward_fused(a, s0, p["Whh"], p["bhn"], k, buffer)
         return hs, cache.hs[-1].copy(), cache
 
     def backward(self, dhs, cache, buffer=None):
-        du, dh0, dWhh, dbhn = gru_backward(dhs, cache, buffer)
+        k = self.fused(dhs)
+        if k is None:
+            du, dh0, dWhh, dbhn = gru_backward(dhs, cache, buffer)
+        else:
+            du, dh0, dWhh, dbhn = gru_backward_fused(dhs, cache, k, buffer)
         return du, dh0, {"Whh": dWhh, "bhn": dbhn}
 
     def step_(self, ax, v, h, rest, xp=np):

@@ -22,6 +22,13 @@ above plus the one through the recurrence) and dc_t the gradient carried into c_
 
 then dWhh = sum_t h_{t-1}^T da_t, one product over all steps, and the state
 gradient [dh_0, dc_0] after the first step.
+
+Two loops compute this. `lstm_forward` and `lstm_backward` are the CPU engine, tuned for
+numpy (the exp trick of `exp_scale`, factors prepared a block of steps at a time, no
+temporaries). On a backend that offers fused kernels (the GPU: `Backend.fused`),
+`lstm_forward_fused` and `lstm_backward_fused` run each step as one product and one kernel
+of `kernels`, the equations above written as plain expressions; the cell picks the loop
+by the backend's answer. Both leave the same cache.
 """
 
 from __future__ import annotations
@@ -32,7 +39,17 @@ import numpy as np
 
 from ..backend import backend_of
 from . import cell_activations
-from .base import BaseCell, block_steps, input_weights, orthogonal, previous_states_product, sigmoid_, work
+from .base import (
+    BaseCell,
+    block_steps,
+    gate_blocks,
+    input_weights,
+    orthogonal,
+    previous_states_product,
+    sigmoid_,
+    work,
+    zeroed,
+)
 
 # Initial bias of the forget gate. Jozefowicz, Zaremba & Sutskever (2015) recommend 1; on
 # tiny-shakespeare (1 x 256, B32 T64, Adam 2e-3 cosine, whole-split validation) 0 measured
@@ -66,6 +83,46 @@ def exp_scale(H: int, dtype) -> np.ndarray:
     return s
 
 
+def kernels(xp):
+    """The fused step kernels (`Backend.fused`): functions of xp's ufuncs, every argument (B, H)
+    (a view of one gate block, or a step of cs, tanh_cs, hs), the outputs written in place.
+    The GPU fuses each into one kernel; the stand-in runs them as they are.
+
+    forward(i, f, g, o, ri, rf, rg, ro, c_prev, c, tanh_c, h): i..o hold a_t = x_t Wxh + bh and
+        ri..ro h_{t-1} Whh, block by block; i..o <- the gates sigmoid(a_i), sigmoid(a_f), tanh(a_g),
+        sigmoid(a_o) of a = i + ri, ...; c <- c_t = f c_prev + i g; tanh_c <- tanh(c_t); h <- o tanh(c_t).
+    backward(dh, carry, dc, i, f, g, o, c_prev, tanh_c, di, df, dg, do): the equations of the module
+        doc with dh_t = dh + carry (dhs_t, and da_{t+1} Whh^T); di..do <- da_t's blocks; dc (dc_{t+1} f_{t+1},
+        zero after the last step) <- dc_t f_t. dh is only read.
+    """
+
+    def sigmoid(x):
+        return 1 / (1 + xp.exp(-x))  # exp overflows to inf for x < -88 (float32): 1 / inf = 0 is right
+
+    def forward(i, f, g, o, ri, rf, rg, ro, c_prev, c, tanh_c, h):
+        gi, gf, gg, go = sigmoid(i + ri), sigmoid(f + rf), xp.tanh(g + rg), sigmoid(o + ro)
+        ct = gf * c_prev + gi * gg
+        tc = xp.tanh(ct)
+        i[...] = gi
+        f[...] = gf
+        g[...] = gg
+        o[...] = go
+        c[...] = ct
+        tanh_c[...] = tc
+        xp.multiply(go, tc, out=h)
+
+    def backward(dh, carry, dc, i, f, g, o, c_prev, tanh_c, di, df, dg, do):
+        dht = dh + carry
+        dct = dc + dht * o * (1 - tanh_c * tanh_c)
+        xp.multiply(dht * tanh_c, o * (1 - o), out=do)
+        xp.multiply(dct * g, i * (1 - i), out=di)
+        xp.multiply(dct * c_prev, f * (1 - f), out=df)
+        xp.multiply(dct * i, 1 - g * g, out=dg)
+        xp.multiply(dct, f, out=dc)
+
+    return {"forward": forward, "backward": backward}
+
+
 def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
     """Run the LSTM over a (T, B, 4H) = x Wxh + bh from state s0 (B, 2H) = [h_0, c_0].
 
@@ -81,9 +138,10 @@ def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
     tanh_cs = work(buffer, "tanh_cs", (T, B, H), dtype, be)
     scale = be.asarray(exp_scale(H, dtype))
     numer = -scale  # [1, 1, 2, 1]: 2 / (1 + exp(-2 a_g)) = 1 + tanh(a_g)
-    Whh_s = be.copy(Whh * scale, dtype)  # h_{t-1} Whh, already scaled
-    rec = be.empty((B, G4), dtype)
-    ig = be.empty((B, H), dtype)  # i * g
+    Whh_s = work(buffer, "Whh_s", Whh.shape, dtype, be)
+    xp.multiply(Whh, scale, out=Whh_s)  # h_{t-1} Whh, already scaled
+    rec = work(buffer, "rec", (B, G4), dtype, be)
+    ig = work(buffer, "ig", (B, H), dtype, be)  # i * g
     cs[0] = s0[:, H:]
     h_prev = s0[:, :H]
     K = block_steps(T, B)  # steps whose input terms are scaled in one call
@@ -109,6 +167,28 @@ def lstm_forward(a: np.ndarray, s0: np.ndarray, Whh: np.ndarray, buffer=None):
     return hs, LSTMCache(a, cs, tanh_cs, hs, s0, Whh)
 
 
+def lstm_forward_fused(a, s0, Whh, k: dict, buffer=None):
+    """`lstm_forward` with each step's elementwise work one call of the fused kernel k["forward"]."""
+    be = backend_of(a)
+    xp = be.xp
+    T, B, G4 = a.shape
+    H = G4 // 4
+    dtype = a.dtype
+    hs = work(buffer, "hs", (T, B, H), dtype, be)
+    cs = work(buffer, "cs", (T + 1, B, H), dtype, be)
+    tanh_cs = work(buffer, "tanh_cs", (T, B, H), dtype, be)
+    rec = work(buffer, "rec", (B, G4), dtype, be)
+    A, R = gate_blocks(a, 4), gate_blocks(rec, 4)
+    cs[0] = s0[:, H:]
+    h_prev = s0[:, :H]
+    step = k["forward"]
+    for t in range(T):
+        xp.matmul(h_prev, Whh, out=rec)
+        h_prev = hs[t]
+        step(A[0][t], A[1][t], A[2][t], A[3][t], *R, cs[t], cs[t + 1], tanh_cs[t], h_prev)
+    return hs, LSTMCache(a, cs, tanh_cs, hs, s0, Whh)
+
+
 def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
     """BPTT for `lstm_forward`: gradients for (a, s0, Whh). dhs (T, B, H) and cache.tanh_cs are overwritten.
 
@@ -128,11 +208,12 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
     da = work(buffer, "da", (T, B, 4 * H), dtype, be)
     K = block_steps(T, B)
     tmp = work(buffer, "tmp", (K, B, 2 * H), dtype, be)
-    WhhT = be.copy(Whh.T)  # C-ordered: the step product runs faster than on the transposed view
-    ds0 = be.zeros((B, 2 * H), dtype)
-    dh_carry = be.zeros((B, H), dtype)  # da_{t+1} Whh^T
+    WhhT = work(buffer, "WhhT", Whh.shape[::-1], dtype, be)
+    WhhT[...] = Whh.T  # C-ordered: the step product runs faster than on the transposed view
+    ds0 = zeroed(buffer, "ds0", (B, 2 * H), dtype, be)
+    dh_carry = zeroed(buffer, "dh_carry", (B, H), dtype, be)  # da_{t+1} Whh^T
     dc = ds0[:, H:]  # the gradient carried into c; after the loop it is dc_0
-    dcq = be.empty((B, H), dtype)
+    dcq = work(buffer, "dcq", (B, H), dtype, be)
     da4 = da.reshape(T, B, 4, H)  # a view: the blocks i, f, g, o along axis 2
     for t1 in range(T, 0, -K):
         t0 = max(0, t1 - K)
@@ -168,6 +249,31 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache, buffer=None):
     return da, ds0, dWhh
 
 
+def lstm_backward_fused(dhs, cache: LSTMCache, k: dict, buffer=None):
+    """`lstm_backward` with each step's elementwise work one call of the fused kernel k["backward"].
+
+    dhs and the cache are only read."""
+    be = backend_of(dhs)
+    xp = be.xp
+    gates, cs, tanh_cs, hs, s0, Whh = cache
+    T, B, H = hs.shape
+    dtype = hs.dtype
+    da = work(buffer, "da", (T, B, 4 * H), dtype, be)
+    WhhT = work(buffer, "WhhT", Whh.shape[::-1], dtype, be)
+    WhhT[...] = Whh.T
+    ds0 = zeroed(buffer, "ds0", (B, 2 * H), dtype, be)
+    dh_carry = zeroed(buffer, "dh_carry", (B, H), dtype, be)  # da_{t+1} Whh^T
+    dc = ds0[:, H:]  # the gradient carried into c; after the loop it is dc_0
+    Gs, D = gate_blocks(gates, 4), gate_blocks(da, 4)
+    step = k["backward"]
+    for t in range(T - 1, -1, -1):
+        step(dhs[t], dh_carry, dc, Gs[0][t], Gs[1][t], Gs[2][t], Gs[3][t], cs[t], tanh_cs[t], D[0][t], D[1][t],
+             D[2][t], D[3][t])  # fmt: skip
+        xp.matmul(da[t], WhhT, out=dh_carry)
+    ds0[:, :H] = dh_carry
+    return da, ds0, previous_states_product(s0[:, :H], hs, da)
+
+
 class Cell(BaseCell):
     """The LSTM behind the common interface (see charrnn.cells)."""
 
@@ -175,6 +281,7 @@ class Cell(BaseCell):
     gates = 4
     activations = cell_activations("lstm")
     state_factor = 2
+    kernels = staticmethod(kernels)
 
     def init_params(self, D: int, H: int, rng: np.random.Generator, embedding: bool) -> dict[str, np.ndarray]:
         """Wxh as `input_weights` for all four blocks; Whh four independent orthogonal (H, H) blocks;
@@ -189,13 +296,21 @@ class Cell(BaseCell):
         return {"Wxh": Wxh, "Whh": Whh, "bh": bh}
 
     def forward(self, a, s0, p, buffer=None):
-        hs, cache = lstm_forward(a, s0, p["Whh"], buffer)
+        k = self.fused(a)
+        if k is None:
+            hs, cache = lstm_forward(a, s0, p["Whh"], buffer)
+        else:
+            hs, cache = lstm_forward_fused(a, s0, p["Whh"], k, buffer)
         if hs.shape[0] == 0:
             return hs, s0.copy(), cache
         return hs, backend_of(hs).xp.concatenate([hs[-1], cache.cs[-1]], axis=-1), cache
 
     def backward(self, dhs, cache, buffer=None):
-        da, ds0, dWhh = lstm_backward(dhs, cache, buffer)
+        k = self.fused(dhs)
+        if k is None:
+            da, ds0, dWhh = lstm_backward(dhs, cache, buffer)
+        else:
+            da, ds0, dWhh = lstm_backward_fused(dhs, cache, k, buffer)
         return da, ds0, {"Whh": dWhh}
 
     def step_(self, ax, v, h, rest, xp=np):

@@ -5,6 +5,11 @@ G = 1, state (B, H) = h. Parameters: Wxh (D, H), Whh (H, H), bh (H,).
 Backward (BPTT), with dhs_t the gradient from above: going back in time,
 dh_t = dhs_t + da_{t+1} Whh^T, da_t = dh_t * f'(a_t), and dh_0 = da_1 Whh^T; the
 weight gradient needs no loop: dWhh = sum_t h_{t-1}^T da_t, one (H, N) x (N, H) product.
+
+Two loops compute this. `rnn_forward` and `rnn_backward` are the CPU engine: each step a
+product and a few in-place ufuncs. On a backend that offers fused kernels (the GPU:
+`Backend.fused`), `rnn_forward_fused` and `rnn_backward_fused` run each step as the
+product and one kernel of `kernels`; the cell picks the loop by the backend's answer.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import numpy as np
 
 from ..backend import backend_of
 from . import cell_activations
-from .base import BaseCell, input_weights, orthogonal, previous_states_product
+from .base import BaseCell, input_weights, orthogonal, previous_states_product, work, zeroed
 
 ACTIVATIONS = cell_activations("rnn")
 RELU_RECURRENT_SCALE = 0.5  # relu: Whh starts as 0.5 x an orthogonal matrix (see Cell.init_params)
@@ -36,7 +41,31 @@ class RNNCache(NamedTuple):
     activation: str
 
 
-def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str = "tanh"):
+def kernels(xp):
+    """The fused step kernels (`Backend.fused`): functions of xp's ufuncs, every argument (B, H),
+    the first one updated in place. The GPU fuses each into one kernel; the stand-in runs them as they are.
+
+        forward_f(a, rec):         a <- h_t = f(a_t + rec),  rec = h_{t-1} Whh
+        backward_f(d, carry, h):   d <- da_t = (dhs_t + carry) * f'(a_t),  carry = da_{t+1} Whh^T,
+                                   f'(a_t) = 1 - h_t^2 (tanh) or [h_t > 0] (relu)
+    """
+
+    def forward_tanh(a, rec):
+        xp.tanh(a + rec, out=a)
+
+    def forward_relu(a, rec):
+        xp.maximum(a + rec, 0, out=a)
+
+    def backward_tanh(d, carry, h):
+        xp.multiply(d + carry, 1 - h * h, out=d)
+
+    def backward_relu(d, carry, h):
+        xp.multiply(d + carry, h > 0, out=d)
+
+    return {f.__name__: f for f in (forward_tanh, forward_relu, backward_tanh, backward_relu)}
+
+
+def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str = "tanh", buffer=None):
     """Run h_t = f(a_t + h_{t-1} @ Whh) for t = 1..T.
 
     a: (T, B, H) input pre-activations x_t Wxh + bh, already computed for all steps
@@ -52,7 +81,7 @@ def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str 
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     T = a.shape[0]
     hs = a  # in place: a_t is consumed before h_t is written over it
-    rec = be.empty(h0.shape, h0.dtype)  # (B, H) buffer for h_{t-1} @ Whh
+    rec = work(buffer, "rec", h0.shape, h0.dtype, be)  # (B, H) buffer for h_{t-1} @ Whh
     h_prev = h0
     for t in range(T):
         xp.matmul(h_prev, Whh, out=rec)
@@ -61,6 +90,20 @@ def rnn_forward(a: np.ndarray, h0: np.ndarray, Whh: np.ndarray, activation: str 
         activate_(at, activation, xp)
         h_prev = at
     return hs, RNNCache(hs, h0, Whh, activation)
+
+
+def rnn_forward_fused(a, h0, Whh, activation: str, k: dict, buffer=None):
+    """`rnn_forward` with each step's elementwise work one call of the fused kernel k["forward_<f>"]."""
+    be = backend_of(a)
+    xp = be.xp
+    step = k[f"forward_{activation}"]
+    rec = work(buffer, "rec", h0.shape, h0.dtype, be)
+    h_prev = h0
+    for t in range(a.shape[0]):
+        xp.matmul(h_prev, Whh, out=rec)
+        h_prev = a[t]
+        step(h_prev, rec)  # a_t -> h_t in place
+    return a, RNNCache(a, h0, Whh, activation)
 
 
 def rnn_backward(dhs: np.ndarray, cache: RNNCache):
@@ -95,12 +138,30 @@ def rnn_backward(dhs: np.ndarray, cache: RNNCache):
     return da, carry, previous_states_product(h0, hs, da)  # carry is dh0 after the loop
 
 
+def rnn_backward_fused(dhs, cache: RNNCache, k: dict, buffer=None):
+    """`rnn_backward` with each step's elementwise work one call of the fused kernel k["backward_<f>"]."""
+    be = backend_of(dhs)
+    xp = be.xp
+    hs, h0, Whh, activation = cache
+    step = k[f"backward_{activation}"]
+    da = dhs
+    carry = zeroed(buffer, "carry", h0.shape, h0.dtype, be)
+    WhhT = work(buffer, "WhhT", Whh.shape[::-1], Whh.dtype, be)
+    WhhT[...] = Whh.T
+    for t in range(hs.shape[0] - 1, -1, -1):
+        dt = da[t]
+        step(dt, carry, hs[t])  # dhs_t -> da_t in place
+        xp.matmul(dt, WhhT, out=carry)
+    return da, carry, previous_states_product(h0, hs, da)
+
+
 class Cell(BaseCell):
     """The vanilla cell behind the common interface (see charrnn.cells)."""
 
     name = "rnn"
     gates = 1
     activations = ACTIVATIONS
+    kernels = staticmethod(kernels)
 
     @property
     def smooth(self) -> bool:
@@ -132,11 +193,19 @@ class Cell(BaseCell):
         return {"Wxh": Wxh, "Whh": Whh, "bh": np.zeros(H)}
 
     def forward(self, a, s0, p, buffer=None):
-        hs, cache = rnn_forward(a, s0, p["Whh"], self.activation)  # hs is a, overwritten
+        k = self.fused(a)
+        if k is None:
+            hs, cache = rnn_forward(a, s0, p["Whh"], self.activation, buffer)  # hs is a, overwritten
+        else:
+            hs, cache = rnn_forward_fused(a, s0, p["Whh"], self.activation, k, buffer)
         return hs, (hs[-1] if hs.shape[0] else s0.copy()), cache
 
     def backward(self, dhs, cache, buffer=None):
-        da, dh0, dWhh = rnn_backward(dhs, cache)  # da is dhs, overwritten
+        k = self.fused(dhs)
+        if k is None:
+            da, dh0, dWhh = rnn_backward(dhs, cache)  # da is dhs, overwritten (its temporaries are small)
+        else:
+            da, dh0, dWhh = rnn_backward_fused(dhs, cache, k, buffer)
         return da, dh0, {"Whh": dWhh}
 
     def activation_fn(self, xp=np):
