@@ -275,9 +275,9 @@ def test_a_numpy_function_on_a_device_array_is_refused(cupy, call):
     assert "ndarray" in repr(cupy.zeros(3))  # printing still works, for error messages
 
 
-def train_cfg(tmp_path, data_dir, device, **kw):
+def train_cfg(tmp_path, data_dir, device, model_keys=None, **kw):
     tmp_path.mkdir(exist_ok=True)
-    model = {"cell": "lstm", "num_layers": 2, "dropout": 0.2, "dtype": "float64"}
+    model = {"cell": "lstm", "num_layers": 2, "dropout": 0.2, "dtype": "float64", **(model_keys or {})}
     base = dict(max_steps=12, eval_every=6, lr_schedule="cosine", batch_size=4, seq_length=16, device=device)
     return load_config(write_config(tmp_path, data_dir, model, **{**base, **kw}))
 
@@ -302,6 +302,18 @@ def test_training_on_cuda_matches_cpu_and_checkpoints_cross_devices(cupy, tmp_pa
     e_cpu = eval_checkpoint(str(gpu_file))
     e_gpu = eval_checkpoint(str(tmp_path / "cpu" / "run" / "last.npz"), device="cuda")
     assert abs(e_cpu["val_loss"] - e_gpu["val_loss"]) < 1e-9
+
+
+def test_the_regularisers_and_weight_averaging_run_on_cuda_as_on_the_cpu(cupy, tmp_path, data_dir):
+    keys = {"variational_dropout": "true", "weight_drop": 0.3, "embed_dropout": 0.2}
+    for device in ("cpu", "cuda"):
+        train(train_cfg(tmp_path / device, data_dir, device, keys, ema_decay=0.9))
+    pc, pg = (checkpoint.load(tmp_path / d / "run" / "last.npz") for d in ("cpu", "cuda"))
+    assert all(on_host(a) for a in pg.ema.values())
+    for name in pc.params:  # the masks are drawn on the host from the run's generator: the same on both
+        np.testing.assert_allclose(pg.params[name], pc.params[name], rtol=1e-9, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(pg.ema[name], pc.ema[name], rtol=1e-9, atol=1e-12, err_msg=name)
+    assert [r["val_loss"] for r in pg.meta["history"]] == pytest.approx([r["val_loss"] for r in pc.meta["history"]])
 
 
 def stop_after(n):
