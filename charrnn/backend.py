@@ -9,7 +9,12 @@ operations whose best form differs between the two:
     take_rows              the one-hot lookup; on the CPU np.take(mode="clip", out=) into the output
     check_ids              the ids' range check; on the CPU in the layer, on the GPU done on the host
                            by the model before the upload (a device min/max would stop the stream)
-    sum_squares            gradient clipping's norm: on the GPU summed on the device, one transfer
+    sum_squares            gradient clipping's sum of squares: on the GPU summed on the device
+    eager_scalars          whether a scalar result (the loss, the gradient norm) comes back to the host at
+                           once, as a Python float (CPU), or stays a 0-d device array (GPU) until the
+                           training loop reads a batch of them back with `to_floats`, in one transfer
+    scalar, to_floats      a 0-d result as the maths hands it on (float, or the device array itself); many
+                           of them as Python floats
     errstate               numpy's floating-point warnings; CuPy raises none
     fused                  a cell's per-step elementwise work as fused kernels (cupy.fuse) on the GPU,
                            None on the CPU, where the cell runs its tuned in-place sequence instead
@@ -41,6 +46,11 @@ class Backend:
 
     name = "cpu"
     host = True  # the arrays are numpy arrays in host memory
+    # True: a scalar result comes back as a Python float at once (on the CPU it is one already).
+    # False: it stays a 0-d device array, and nothing in a training step waits for the device: the
+    # loop reads the losses and norms back when it logs (charrnn/train.py, `_Steps`). The one place
+    # the choice is made; the maths and the loop ask this, never the device's name.
+    eager_scalars = True
 
     def __init__(self, xp=np):
         self.xp = xp
@@ -87,6 +97,14 @@ class Backend:
         """The sum of squares of every entry of every array, as a Python float (float64 accumulation)."""
         return sum(float(np.vdot(g, g)) for g in arrays)
 
+    def scalar(self, a):
+        """A 0-d result as the maths hands it on: a Python float when eager_scalars, else a itself."""
+        return float(a) if self.eager_scalars else a
+
+    def to_floats(self, values) -> list[float]:
+        """Python floats of values (floats, or 0-d arrays of this device): the loop's one read-back."""
+        return [float(v) for v in values]
+
     def errstate(self, **kwargs):
         return np.errstate(**kwargs)
 
@@ -106,6 +124,7 @@ class CudaBackend(Backend):
 
     name = "cuda"
     host = False
+    eager_scalars = False  # True: read every loss and norm back at once, as the CPU does (a sync per step)
     fuse_cells = True  # False: the cells run their unfused sequence (tests/test_gpu.py compares the two)
 
     def __init__(self, cupy):
@@ -134,12 +153,20 @@ class CudaBackend(Backend):
     def check_ids(self, ids, n: int, what: str, error=IndexError) -> None:
         """No check on the device: the model checks the ids on the host before they go up."""
 
-    def sum_squares(self, arrays) -> float:
+    def sum_squares(self, arrays):
+        """The sum on the device: a 0-d float64 device array (a float, one transfer, when eager_scalars)."""
         xp = self.xp
         total = xp.zeros((), dtype=np.float64)
         for g in arrays:
             total += xp.vdot(g, g).astype(np.float64)
-        return float(total)  # the one transfer
+        return self.scalar(total)
+
+    def to_floats(self, values) -> list[float]:
+        """The device scalars among values stacked and brought down in one transfer; floats pass through."""
+        xp = self.xp
+        on_device = [v for v in values if isinstance(v, xp.ndarray)]
+        down = iter(self.asnumpy(xp.stack(on_device).astype(np.float64)).tolist() if on_device else ())
+        return [next(down) if isinstance(v, xp.ndarray) else float(v) for v in values]
 
     def errstate(self, **kwargs):
         return contextlib.nullcontext()

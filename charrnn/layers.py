@@ -231,7 +231,8 @@ def softmax_cross_entropy(
     """Mean negative log-likelihood of the targets and its gradient, fused.
 
     logits: (N, V); targets: (N,) integer ids; mask: (N,) of 0/1 or None (all ones).
-    Returns (loss, dlogits): loss is a Python float in nats per counted position,
+    Returns (loss, dlogits): loss is a Python float in nats per counted position (a 0-d
+    float64 device array where the backend keeps scalars on the device, cuda),
     dlogits (N, V) has the dtype of logits, written into `out` if given (an (N, V)
     array of that dtype, not overlapping logits). Masked positions contribute neither
     loss nor gradient. The gradient of the mean NLL is (softmax - one_hot) / count.
@@ -246,6 +247,11 @@ def softmax_cross_entropy(
     than 20 nats below the batch's; a trained model's gaps measured up to ~16) is
     redone with its own maximum. -log p is log(sum) - (shifted target logit): exact
     even when p itself underflows.
+
+    Where the backend keeps scalars on the device (`Backend.eager_scalars` False, cuda),
+    finding those rows would wait for the device (which rows, how many), so there every
+    row is shifted by its own maximum (a GPU reduces short rows fast); and a mask is not
+    checked for a counted position (that too would read back): an empty one gives NaN.
     """
     be = backend_of(logits)
     xp = be.xp
@@ -261,32 +267,41 @@ def softmax_cross_entropy(
         out = be.empty(logits.shape, dtype)
     else:
         _check_out(out, logits.shape, dtype, logits)  # rows far below the maximum are redone from logits
-    shift = logits.max()
+    eager = be.eager_scalars  # False (cuda): nothing here may wait for the device, see below
+    # one scalar shift on the CPU; where a read-back is not allowed, each row's own maximum (one
+    # reduction kernel either way), so that no row ever needs redoing
+    shift = logits.max() if eager else logits.max(axis=1, keepdims=True)
     probs = xp.subtract(logits, shift, out=out)  # (N, V), <= 0
     shifted_target = probs.reshape(-1)[flat]  # (N,)
     xp.exp(probs, out=probs)
     sums = probs @ xp.ones(V, dtype=dtype)  # (N,), >= exp(row max - shift)
-    low = xp.flatnonzero(sums < _MIN_SHIFTED_SUM)
-    if low.size:  # rows far below the batch maximum: shift each by its own maximum
-        sub = logits[low]
-        sub = sub - sub.max(axis=1, keepdims=True)  # (n_low, V)
-        shifted_target[low] = sub[xp.arange(low.size), targets[low]]
-        xp.exp(sub, out=sub)
-        probs[low] = sub
-        sums[low] = sub.sum(axis=1)
+    if eager:
+        low = xp.flatnonzero(sums < _MIN_SHIFTED_SUM)  # which rows, and how many: a read-back on a device
+        if low.size:  # rows far below the batch maximum: shift each by its own maximum
+            sub = logits[low]
+            sub = sub - sub.max(axis=1, keepdims=True)  # (n_low, V)
+            shifted_target[low] = sub[xp.arange(low.size), targets[low]]
+            xp.exp(sub, out=sub)
+            probs[low] = sub
+            sums[low] = sub.sum(axis=1)
     nll = xp.log(sums) - shifted_target  # (N,) exact -log p
     if mask is None:
         count = N
-        loss = float(nll.sum(dtype=np.float64)) / count
+        loss = be.scalar(nll.sum(dtype=np.float64)) / count
         scale = xp.divide(dtype.type(1.0 / count), sums)  # (N,) softmax normaliser and 1/count in one pass
         target_grad = dtype.type(1.0 / count)
     else:
         mask = be.asarray(mask, dtype=dtype)
-        count = float(mask.sum(dtype=np.float64))
-        if count <= 0:
-            raise ValueError("the mask leaves no position to score")
-        loss = float((nll * mask).sum(dtype=np.float64)) / count
-        target_grad = mask / dtype.type(count)  # (N,)
+        if eager:
+            count = float(mask.sum(dtype=np.float64))
+            if count <= 0:
+                raise ValueError("the mask leaves no position to score")
+            loss = float((nll * mask).sum(dtype=np.float64)) / count
+            target_grad = mask / dtype.type(count)  # (N,)
+        else:  # count and loss stay on the device; an empty mask (unchecked: a read-back) gives a NaN loss
+            count = mask.sum(dtype=np.float64)
+            loss = (nll * mask).sum(dtype=np.float64) / count
+            target_grad = mask / count.astype(dtype)  # (N,)
         scale = target_grad / sums
     probs *= scale[:, None]
     probs.reshape(-1)[flat] -= target_grad

@@ -37,22 +37,42 @@ def init_state(optimizer: str, params: dict[str, np.ndarray]) -> dict[str, np.nd
 
 
 def global_norm(grads: dict[str, np.ndarray]) -> float:
-    """sqrt of the sum of squares of every gradient entry (accumulated in float64; on a GPU, on the device)."""
+    """sqrt of the sum of squares of every gradient entry (accumulated in float64; on a GPU, on the device).
+
+    A Python float, or a 0-d float64 device array where the backend keeps scalars on the
+    device (`Backend.eager_scalars` False: cuda).
+    """
     if not grads:
         return 0.0
-    return math.sqrt(backend_of(next(iter(grads.values()))).sum_squares(grads.values()))
+    be = backend_of(next(iter(grads.values())))
+    total = be.sum_squares(grads.values())
+    return math.sqrt(total) if be.eager_scalars else be.xp.sqrt(total)
 
 
 def clip_by_global_norm(grads: dict[str, np.ndarray], max_norm: float) -> float:
     """Scale all gradients in place so their global norm is at most max_norm (0 disables).
 
-    Returns the norm before clipping.
+    Returns the norm before clipping (as `global_norm` gives it). The scale is
+    max_norm / (norm + 1e-6) when norm > max_norm: where the norm stays on the device,
+    it is chosen there too (1 otherwise) and every gradient is multiplied by it, so
+    nothing waits for the device.
     """
     norm = global_norm(grads)
-    if max_norm > 0 and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
-        for g in grads.values():
-            g *= g.dtype.type(scale)
+    if max_norm <= 0 or not grads:
+        return norm
+    be = backend_of(next(iter(grads.values())))
+    if be.eager_scalars:
+        if norm > max_norm:
+            scale = max_norm / (norm + 1e-6)
+            for g in grads.values():
+                g *= g.dtype.type(scale)
+        return norm
+    scale = be.xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)  # 0-d float64, on the device
+    cast: dict = {}  # the scale in each gradient dtype, cast once
+    for g in grads.values():
+        if g.dtype not in cast:
+            cast[g.dtype] = scale.astype(g.dtype)
+        g *= cast[g.dtype]  # x 1.0 where the norm is within bounds: the gradients unchanged, bit for bit
     return norm
 
 

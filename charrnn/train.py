@@ -121,7 +121,11 @@ def eval_windows(ids: np.ndarray, batch_size: int, seq_length: int):
 
 
 def evaluate(model: CharRNN, ids: np.ndarray, batch_size: int, seq_length: int) -> float:
-    """Mean NLL (nats/char) over every target of ids, the state carried along each stream."""
+    """Mean NLL (nats/char) over every target of ids, the state carried along each stream.
+
+    Where the backend keeps scalars on the device (cuda), the windows' losses are summed
+    there and the total comes back once, at the end.
+    """
     total, count = 0.0, 0.0
     h = None
     for x, y, mask in eval_windows(ids, batch_size, seq_length):
@@ -132,6 +136,7 @@ def evaluate(model: CharRNN, ids: np.ndarray, batch_size: int, seq_length: int) 
         else:
             _, h = model.forward(x, h)
         count += c
+    (total,) = model.backend.to_floats([total])
     return nonnegative(total / count)
 
 
@@ -173,11 +178,16 @@ def train_step(model: CharRNN, opt_state: dict, x, y, h, step: int, tc, lr_scale
     draws nothing); ema, the averaged parameters (train.ema_decay > 0), follows the
     update (`update_ema`). The new state is None, and the parameters are left untouched,
     when the loss or the gradient norm is not finite. The benchmark times exactly this function.
+
+    Where the backend keeps scalars on the device (`Backend.eager_scalars` False: cuda),
+    loss and norm are 0-d device arrays and nothing here waits for the device: the update
+    is applied whatever they are, and the caller checks them when it reads them back (the
+    training loop does, before it writes anything: `_StepLog`).
     """
     loss, grads, h_new = model.loss_and_grads(x, y, h, rng=rng)
     norm = clip_by_global_norm(grads, tc.grad_clip)
     lr = learning_rate(step, tc)
-    if not (math.isfinite(loss) and math.isfinite(norm)):
+    if model.backend.eager_scalars and not (math.isfinite(loss) and math.isfinite(norm)):
         return loss, norm, lr, None
     apply_update(tc.optimizer, model.params, grads, opt_state, lr, step + 1, tc, lr_scale)
     if ema is not None:
@@ -525,8 +535,7 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
     base_elapsed = st.elapsed
     interval_start, interval_chars = time.perf_counter(), 0
     chars_per_sec = 0.0
-    log_losses: list[float] = []
-    shown = LossEMA()
+    steps = _StepLog(cfg, model, out, st, cb, ev)
 
     while status == "done" and st.step < tc.max_steps:
         if stop():
@@ -538,13 +547,9 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
         x, y = train_window(ds.train, B, T, st.window, st.offset)
         if st.window == 0:
             run.h = None  # a new epoch starts every stream from the zero state
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite results are caught below
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # non-finite results: see _StepLog
             loss, norm, lr, h_new = train_step(model, run.opt_state, x, y, run.h, st.step, tc, lr_scale, run.rng,
                                                run.ema)  # fmt: skip
-        if h_new is None:
-            raise DivergedError(f"the loss became {'NaN' if math.isnan(loss) else loss} at step {st.step + 1} "
-                             f"(gradient norm {norm:.3g}); {diverged_advice(cfg, model.cell)}; "
-                             f"{ev.kept()}")  # fmt: skip
         run.h = h_new
         st.step += 1
         st.window += 1
@@ -552,29 +557,22 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
             st.window, st.epoch = 0, st.epoch + 1
             if tc.random_offset:
                 st.offset = int(run.rng.integers(0, (len(ds.train) - 1) // B))
-        st.interval_loss += loss
-        st.interval_steps += 1
         st.elapsed = base_elapsed + (time.perf_counter() - run_start)
         interval_chars += B * T
         now = time.perf_counter()
         if now - interval_start > 0:
             chars_per_sec = interval_chars / (now - interval_start)
-        cb("step", {"step": st.step, "max_steps": tc.max_steps, "loss": loss, "smooth_loss": shown.update(loss),
-                    "lr": lr, "grad_norm": norm, "chars_per_sec": chars_per_sec, "epoch": st.epoch,
-                    "elapsed_s": st.elapsed})  # fmt: skip
-        log_losses.append(loss)
-        if st.step % tc.log_every == 0:
-            _log_train(out, st, log_losses, lr, norm, chars_per_sec)
+        steps.add(loss, norm, lr, chars_per_sec)  # the step's callback and logs (on cuda, when it logs)
 
         if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
+            steps.flush()  # before the evaluation saves: a diverged step stops the run first
             if ev.evaluate(lr, chars_per_sec):
                 status = "early_stop"
             # the evaluation and sample are not training time
             interval_start, interval_chars = time.perf_counter(), 0
             run_start, base_elapsed = time.perf_counter(), st.elapsed
 
-    if log_losses:  # the steps since the last record (a stop between two): resuming logs the rest on their own
-        _log_train(out, st, log_losses, lr, norm, chars_per_sec)
+    steps.close()  # the steps not read yet, and the record of a stop between two: before the save
     if ev.saved_step != st.step or not last_path.exists():
         ev.save(last_path)
     last_val = st.history[-1]["val_loss"] if st.history else None
@@ -597,12 +595,74 @@ def describe_model(cfg: Config) -> str:
     return ", ".join([f"{mc.cell} {mc.num_layers} x {mc.hidden_size}", *parts])
 
 
-def _log_train(out: Path, st: TrainState, losses: list[float], lr: float, norm: float, chars_per_sec: float) -> None:
+def _log_train(out: Path, step: int, elapsed: float, losses: list[float], lr: float, norm: float,
+               chars_per_sec: float) -> None:  # fmt: skip
     """Append the mean loss of the steps since the last record to train.jsonl, and start a new interval."""
     mean = nonnegative(sum(losses) / len(losses))
-    _append(out / TRAIN_LOG, {"step": st.step, "train_loss": mean, "steps": len(losses), "lr": lr, "grad_norm": norm,
-                              "chars_per_sec": chars_per_sec, "elapsed_s": round(st.elapsed, 3)})  # fmt: skip
+    _append(out / TRAIN_LOG, {"step": step, "train_loss": mean, "steps": len(losses), "lr": lr, "grad_norm": norm,
+                              "chars_per_sec": chars_per_sec, "elapsed_s": round(elapsed, 3)})  # fmt: skip
     losses.clear()
+
+
+class _StepLog:
+    """Where each step's loss and gradient norm go: the NaN guard, the interval sums, the callback, train.jsonl.
+
+    A step is recorded by `add` as it ends, with what the host knows of it (step, lr, speed,
+    epoch, elapsed time). Where the backend reads scalars back at once (`Backend.eager_scalars`,
+    the CPU) it is read at once. Where they stay on the device (cuda), the steps wait, their
+    loss and norm 0-d device arrays, until the loop logs: every train.log_every steps, before
+    an evaluation, at the end or a stop (`flush`, `close`); then all of them come back in one
+    transfer (`Backend.to_floats`) and go through the same bookkeeping, in order, so the logs,
+    the callback's "step" reports (late, in a burst) and the display's smoothed loss are those
+    of a step-by-step read.
+
+    The NaN guard is here: the first step whose loss or norm is not finite raises DivergedError
+    naming it. On cuda the steps after it ran first, on damaged parameters; the loop saves only
+    after a flush, so no checkpoint holds them, and the last good one is kept.
+    """
+
+    def __init__(self, cfg: Config, model: CharRNN, out: Path, st: TrainState, cb, ev: _Evaluator):
+        self.cfg, self.model, self.out, self.st, self.cb, self.ev = cfg, model, out, st, cb, ev
+        self.backend = model.backend
+        self.pending: list[tuple] = []  # (step, loss, norm, lr, chars_per_sec, epoch, elapsed) not read yet
+        self.losses: list[float] = []  # the losses since the last train.jsonl record
+        self.last: tuple | None = None  # (step, elapsed, lr, norm, chars_per_sec) of the last step read
+        self.shown = LossEMA()
+
+    def add(self, loss, norm, lr: float, chars_per_sec: float) -> None:
+        st = self.st
+        self.pending.append((st.step, loss, norm, lr, chars_per_sec, st.epoch, st.elapsed))
+        if self.backend.eager_scalars or st.step % self.cfg.train.log_every == 0:
+            self.flush()
+
+    def flush(self) -> None:
+        """Read the pending steps back (one transfer) and log them; DivergedError at the first non-finite one."""
+        if not self.pending:
+            return
+        pending, self.pending = self.pending, []
+        values = self.backend.to_floats([v for p in pending for v in p[1:3]])
+        st, tc = self.st, self.cfg.train
+        for (step, _, _, lr, cps, epoch, elapsed), loss, norm in zip(pending, values[::2], values[1::2], strict=True):
+            if not (math.isfinite(loss) and math.isfinite(norm)):
+                raise DivergedError(f"the loss became {'NaN' if math.isnan(loss) else loss} at step {step} "
+                                 f"(gradient norm {norm:.3g}); {diverged_advice(self.cfg, self.model.cell)}; "
+                                 f"{self.ev.kept()}")  # fmt: skip
+            st.interval_loss += loss
+            st.interval_steps += 1
+            self.cb("step", {"step": step, "max_steps": tc.max_steps, "loss": loss,
+                             "smooth_loss": self.shown.update(loss), "lr": lr, "grad_norm": norm,
+                             "chars_per_sec": cps, "epoch": epoch, "elapsed_s": elapsed})  # fmt: skip
+            self.losses.append(loss)
+            self.last = (step, elapsed, lr, norm, cps)
+            if step % tc.log_every == 0:
+                _log_train(self.out, step, elapsed, self.losses, lr, norm, cps)
+
+    def close(self) -> None:
+        """The end of the loop: the steps not read yet, then the record of the steps since the last one
+        (a stop between two records: resuming logs the rest on their own)."""
+        self.flush()
+        if self.losses:
+            _log_train(self.out, *self.last[:2], self.losses, *self.last[2:])
 
 
 def _clears(path: Path, out: Path) -> bool:
