@@ -15,6 +15,11 @@ sampling with `device: cuda`. Device arrays are `ndarray`, a numpy subclass of t
 - whatever the engine returns (parameters, gradients, state, optimizer slots) can be checked to
   be on the "device", and checkpoints to hold plain numpy arrays (`asnumpy` gives one).
 
+Read-backs are counted: every device -> host conversion that makes CuPy wait for the device
+(`asnumpy`, `.get()`, `float()`, `int()`, `bool()`, `.item()`, `.tolist()`, and `nonzero`,
+`flatnonzero` and `argwhere`, whose result size the host must learn) adds one to READBACKS under
+its name, so the tests can count where the host would stop for the GPU.
+
 `asarray` and `array` copy a host array, as an upload does: the device array never shares
 memory with the host one. `fuse` runs the decorated function itself, as plain ufunc expressions
 (so the cells' fused kernels are tested for their arithmetic), with two of cupy.fuse's rules
@@ -32,6 +37,7 @@ works here).
 
 from __future__ import annotations
 
+import collections
 import functools
 import types
 
@@ -39,6 +45,12 @@ import numpy as np
 
 DEVICE_COUNT = 1
 __version__ = "stand-in"
+READBACKS: collections.Counter = collections.Counter()  # device -> host conversions by kind (see the doc)
+SYNCING = {"nonzero", "flatnonzero", "argwhere"}  # CuPy reads the count of their results back
+
+
+def _read_back(kind: str) -> None:
+    READBACKS[kind] += 1
 
 
 class ndarray(np.ndarray):  # CuPy's name
@@ -76,6 +88,31 @@ class ndarray(np.ndarray):  # CuPy's name
     def get(self) -> np.ndarray:
         return asnumpy(self)
 
+    # the conversions that read a value back (each a wait for the device in CuPy), counted
+    def __float__(self):
+        _read_back("float")
+        return float(self.view(np.ndarray))
+
+    def __int__(self):
+        _read_back("int")
+        return int(self.view(np.ndarray))
+
+    def __bool__(self):
+        _read_back("bool")
+        return bool(self.view(np.ndarray))
+
+    def item(self, *args):
+        _read_back("item")
+        return self.view(np.ndarray).item(*args)
+
+    def tolist(self):
+        _read_back("tolist")
+        return self.view(np.ndarray).tolist()
+
+    def nonzero(self):
+        _read_back("nonzero")
+        return _device(self.view(np.ndarray).nonzero())
+
 
 _PRINTING = {np.array_repr, np.array_str, np.array2string}
 
@@ -109,6 +146,8 @@ def _device(x):
         return tuple(_device(v) for v in x)
     if isinstance(x, np.ndarray) and not isinstance(x, ndarray):
         return x.view(ndarray)
+    if isinstance(x, np.generic):  # numpy hands 0-d results back as scalars; CuPy's stay 0-d device arrays
+        return np.asarray(x).view(ndarray)
     return x
 
 
@@ -123,6 +162,8 @@ def array(a, dtype=None, order="K", copy=True):
 
 
 def asnumpy(a) -> np.ndarray:
+    if isinstance(a, ndarray):
+        _read_back("asnumpy")
     return np.array(a, copy=True).view(np.ndarray)
 
 
@@ -192,6 +233,8 @@ def __getattr__(name: str):
     def wrapped(*args, **kwargs):
         if _has_host_array((args, kwargs)):
             raise TypeError(f"fake cupy: cupy.{name} given a host (numpy) array")
+        if name in SYNCING:
+            _read_back(name)
         out = kwargs.get("out")
         result = value(*_host_view(args), **_host_view(kwargs))
         return out if out is not None and isinstance(out, ndarray) else _device(result)

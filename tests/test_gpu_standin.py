@@ -16,6 +16,7 @@ float32 rounding on the device, are tests/test_gpu.py's.
 """
 
 import collections
+import json
 import sys
 
 import fake_cupy
@@ -105,7 +106,7 @@ def test_loss_and_every_gradient_equal_the_cpu_engines(cupy, kernel_calls, cell,
         assert on_device(hg)
         np.testing.assert_allclose(cupy.asnumpy(hg), hc, rtol=1e-10, atol=1e-10)
     # evaluation and the plain forward
-    np.testing.assert_allclose(cuda.loss(x, y, h0)[0], cpu.loss(x, y, h0)[0], rtol=1e-12)
+    np.testing.assert_allclose(float(cuda.loss(x, y, h0)[0]), cpu.loss(x, y, h0)[0], rtol=1e-12)  # a device scalar
     logits_c, _ = cpu.forward(x, h0)
     logits_g, _ = cuda.forward(x, h0)
     np.testing.assert_allclose(cupy.asnumpy(logits_g), logits_c, rtol=1e-10, atol=1e-12)
@@ -375,3 +376,134 @@ def test_cuda_without_a_gpu_is_one_clear_line(cupy, monkeypatch, tmp_path, data_
         CharRNN(5, 4, device="cuda")
     r = runner.invoke(app, ["train", str(write_config(tmp_path, data_dir)), "--device", "cuda", "--quiet"])
     assert r.exit_code == 1 and "sees no GPU" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- read-backs (issue 21, speed work 3)
+
+
+@pytest.fixture
+def readbacks(cupy, monkeypatch):
+    """fake_cupy's count of device -> host conversions, from zero (its doc lists what counts)."""
+    counter = collections.Counter()
+    monkeypatch.setattr(fake_cupy, "READBACKS", counter)
+    return counter
+
+
+def count_readbacks(monkeypatch, module, name, counter):
+    """Wrap module.name so that the read-backs made inside each call are listed, one entry per call."""
+    real, calls = getattr(module, name), []
+
+    def counted(*args, **kwargs):
+        before = sum(counter.values())
+        try:
+            return real(*args, **kwargs)
+        finally:
+            calls.append(sum(counter.values()) - before)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+def test_cuda_training_reads_the_loss_back_only_when_it_logs_and_logs_what_the_cpu_does(
+    readbacks, monkeypatch, tmp_path, data_dir
+):
+    """22 steps, log_every 5, an evaluation at 12, a stop after 22: no step waits for the device; the
+    losses and norms come back 6 times (steps 5, 10, before the evaluation at 12, 15, 20, and the
+    stop's 21-22), the evaluation once; nothing else but the checkpoints' arrays. train.jsonl,
+    metrics.jsonl and every step's report equal the CPU run's (float64; the GPU path shifts each
+    row of the softmax by its own maximum, hence not bit for bit)."""
+    import charrnn.train as train_module
+
+    kw = dict(max_steps=24, eval_every=12, log_every=5, grad_clip=0.25)
+    steps = count_readbacks(monkeypatch, train_module, "train_step", readbacks)
+    evals = count_readbacks(monkeypatch, train_module, "evaluate", readbacks)
+    saves = count_readbacks(monkeypatch, checkpoint, "save", readbacks)
+    runs = {}
+    for device in ("cpu", "cuda"):  # the counts of the cuda run remain
+        for counts in (steps, evals, saves, readbacks):
+            counts.clear()
+        reports = []
+        cb = lambda kind, info, reports=reports: reports.append(info) if kind == "step" else None  # noqa: E731
+        r = train(train_cfg(tmp_path / device, data_dir, device, **kw), callback=cb, should_stop=stop_after(22))
+        assert r.step == 22 and r.status == "interrupted"
+        run = tmp_path / device / "run"
+        logs = {f: [json.loads(line) for line in (run / f).read_text().splitlines()]
+                for f in ("train.jsonl", "metrics.jsonl")}  # fmt: skip
+        runs[device] = logs, reports
+    assert len(steps) == 22 and not any(steps)  # no training step waits for the device
+    assert evals == [1]  # the validation losses summed on the device, read back once
+    assert sum(readbacks.values()) - sum(saves) == 6 + 1 and set(readbacks) == {"asnumpy"}
+    (logs_c, reports_c), (logs_g, reports_g) = runs["cpu"], runs["cuda"]
+    assert [i["step"] for i in reports_g] == list(range(1, 23))  # every step reported, in order, if late
+    norms = [i["grad_norm"] for i in reports_c]
+    assert min(norms) < 0.25 < max(norms)  # clipping both applied and not
+    for a, b in zip(reports_c, reports_g, strict=True):
+        for key in ("loss", "smooth_loss", "grad_norm", "lr"):
+            assert b[key] == pytest.approx(a[key], rel=1e-12, abs=1e-12), (a["step"], key)
+        assert isinstance(b["loss"], float) and isinstance(b["grad_norm"], float)
+    assert [r["steps"] for r in logs_g["train.jsonl"]] == [5, 5, 5, 5, 2]  # the stop's record holds 21-22
+    for f in ("train.jsonl", "metrics.jsonl"):
+        assert len(logs_c[f]) == len(logs_g[f])
+        for a, b in zip(logs_c[f], logs_g[f], strict=True):
+            for key in ("step", "steps", "train_steps", "epoch"):
+                assert a.get(key) == b.get(key), (f, key)
+            for key in ("train_loss", "grad_norm", "lr", "val_loss", "best_val"):
+                if key in a:
+                    assert b[key] == pytest.approx(a[key], rel=1e-12, abs=1e-12), (f, key)
+
+
+def test_an_eager_cuda_backend_reads_the_loss_and_norm_back_every_step(readbacks, monkeypatch, tmp_path, data_dir):
+    """CudaBackend.eager_scalars = True: the behaviour before (the loss and the norm read back each step,
+    and the CPU's check of rows far below the batch maximum), as a reference on a GPU."""
+    monkeypatch.setattr(backend.CudaBackend, "eager_scalars", True)
+    r = train(train_cfg(tmp_path, data_dir, "cuda", max_steps=4, eval_every=100, log_every=100))
+    assert r.step == 4 and readbacks["float"] >= 2 * 4
+
+
+def test_the_nan_guard_on_cuda_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(
+    cupy, monkeypatch, tmp_path, data_dir
+):
+    """The update of step 25 is poisoned. On cuda the loop reads the losses back only at step 30 (the
+    evaluation; log_every is larger): steps 26-30 ran on NaN parameters, yet the error names step 25
+    and nothing was saved after step 20."""
+    import charrnn.train as train_module
+
+    real, calls = train_module.clip_by_global_norm, []
+
+    def poisoned(grads, max_norm):
+        calls.append(1)
+        if len(calls) == 25:
+            grads["Why"][...] = np.nan
+        return real(grads, max_norm)
+
+    monkeypatch.setattr(train_module, "clip_by_global_norm", poisoned)
+    cfg = train_cfg(tmp_path, data_dir, "cuda", max_steps=40, eval_every=10, log_every=50)
+    with pytest.raises(train_module.DivergedError, match=r"at step 25 \(gradient norm nan\).*learning_rate.*"
+                                                         r"checkpoint \(step 20\) is kept in .*last.npz"):  # fmt: skip
+        train(cfg)
+    assert len(calls) == 30  # the steps after 25 ran before the read-back found it
+    for name in ("last.npz", "best.npz"):
+        ck = checkpoint.load(tmp_path / "run" / name)
+        assert ck.step <= 20 and all(np.isfinite(p).all() for p in ck.params.values())
+    assert not (tmp_path / "run" / "train.jsonl").exists()  # log_every 50: no record yet
+    metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [10, 20]  # not 30: the read-back came first
+
+
+def test_the_loss_of_a_row_far_below_the_batch_maximum_on_cuda(readbacks):
+    """The CPU redoes such rows with their own maximum (asking which: a read-back); cuda shifts every
+    row by its own maximum: the same loss and gradient, nothing read back."""
+    from charrnn.layers import softmax_cross_entropy
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((6, 9))
+    logits[2] -= 60.0  # e^-60 below the batch maximum: the CPU path redoes this row
+    targets = rng.integers(0, 9, 6)
+    mask = np.array([1, 1, 0, 1, 1, 1.0])
+    for m in (None, mask):
+        lc, gc = softmax_cross_entropy(logits, targets, m)
+        lg, gg = softmax_cross_entropy(fake_cupy.asarray(logits), fake_cupy.asarray(targets), m)
+        assert not readbacks and on_device(lg) and lg.shape == ()
+        assert float(lg) == pytest.approx(lc, rel=1e-14)
+        np.testing.assert_allclose(fake_cupy.asnumpy(gg), gc, rtol=1e-12, atol=1e-15)
+        readbacks.clear()
