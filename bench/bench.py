@@ -114,15 +114,22 @@ def make_torch(V, H, L, B, T, cell="rnn"):
 
 
 def throughput(trainer, windows: Windows, seconds: float, warmup: int = 3) -> float:
+    """Characters per second of trainer.step over about `seconds`, after warm-up steps.
+
+    On a GPU our step's loss is a device scalar that nothing waits for (the host queues the next
+    steps ahead): the warm-up and the timed steps each end by reading the last loss back, so the
+    time counts every queued step's device work. A float (the CPU, PyTorch's .item()) passes through.
+    """
     for _ in range(warmup):
-        trainer.step(*windows.next())
+        loss = trainer.step(*windows.next())
+    float(loss)
     steps, t0 = 0, time.perf_counter()
     while True:
-        trainer.step(*windows.next())
+        loss = trainer.step(*windows.next())
         steps += 1
-        dt = time.perf_counter() - t0
-        if dt >= seconds and steps >= 3:
-            return windows.B * windows.T * steps / dt
+        if time.perf_counter() - t0 >= seconds and steps >= 3:
+            float(loss)  # the device done with every step queued
+            return windows.B * windows.T * steps / (time.perf_counter() - t0)
 
 
 def gemm_rate(m: int, k: int, n: int, seconds: float = 1.0) -> float:
@@ -307,7 +314,7 @@ def main() -> None:
 
 
 def main_cuda(args) -> None:
-    """The GPU rows: training steps (each ends with its loss on the host, so the time is the device's), both
+    """The GPU rows: training steps (timed up to the last one's loss on the host: the device's time), both
     engines interleaved; sampling 256 samples at once; the device memory each engine held at its peak."""
     import cupy
 
