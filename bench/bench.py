@@ -116,9 +116,9 @@ def make_torch(V, H, L, B, T, cell="rnn"):
 def throughput(trainer, windows: Windows, seconds: float, warmup: int = 3) -> float:
     """Characters per second of trainer.step over about `seconds`, after warm-up steps.
 
-    On a GPU our step's loss is a device scalar that nothing waits for (the host queues the next
-    steps ahead): the warm-up and the timed steps each end by reading the last loss back, so the
-    time counts every queued step's device work. A float (the CPU, PyTorch's .item()) passes through.
+    On a GPU both engines' steps return the loss on the device and nothing waits for it (the host
+    queues the next steps ahead): the warm-up and the timed steps each end by reading the last loss
+    back, so the time counts every queued step's device work. On the CPU the loss is a float already.
     """
     for _ in range(warmup):
         loss = trainer.step(*windows.next())

@@ -48,7 +48,9 @@ class TorchTrainer:
         self.clip = clip
         self.h = None
 
-    def step(self, x: np.ndarray, y: np.ndarray) -> float:
+    def step(self, x: np.ndarray, y: np.ndarray):
+        """One update; the loss as a float on the CPU, a device tensor on a GPU (as charrnn's: nothing
+        waits for the device within a step; bench.throughput reads the last one back)."""
         xt, yt = torch.from_numpy(x).long().to(self.device), torch.from_numpy(y).long().to(self.device)
         logits, h = self.model(xt, self.h)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), yt.reshape(-1))
@@ -57,7 +59,7 @@ class TorchTrainer:
         nn.utils.clip_grad_norm_(self.model.parameters(), self.clip)
         self.opt.step()
         self.h = tuple(t.detach() for t in h) if isinstance(h, tuple) else h.detach()  # LSTM: (h, c)
-        return loss.item()
+        return loss.item() if self.device == "cpu" else loss.detach()
 
 
 @torch.no_grad()

@@ -8,6 +8,12 @@ checkpoints work across devices, and that cuda without CuPy or without a GPU is 
 What it cannot check (real kernels, cupy.fuse's compiled code, graph capture, float32 rounding
 on the device, timing) is tests/test_gpu.py's, marked `gpu`, on a real GPU (fake_cupy's doc).
 
+The read-backs: the stand-in counts every device -> host conversion (fake_cupy.READBACKS), so the
+tests at the end prove that no training step waits for the device on cuda, that the loss and the
+gradient norm come back once per log interval and evaluation, and that the NaN guard, run at the
+read-back, still names the first bad step. Whether CuPy itself syncs somewhere the count cannot
+see (an allocation, a full launch queue) only a GPU shows.
+
 The cells' fused kernels: on cuda each cell step runs the functions of its module's `kernels`,
 which the stand-in's `fuse` runs as plain numpy (refusing slices and non-array arguments, as
 cupy.fuse does). So the equivalence tests below check the fused kernels' equations, and count
