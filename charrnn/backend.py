@@ -48,7 +48,7 @@ class Backend:
     host = True  # the arrays are numpy arrays in host memory
     # True: a scalar result comes back as a Python float at once (on the CPU it is one already).
     # False: it stays a 0-d device array, and nothing in a training step waits for the device: the
-    # loop reads the losses and norms back when it logs (charrnn/train.py, `_Steps`). The one place
+    # loop reads the losses and norms back when it logs (charrnn/train.py, `_StepLog`). The one place
     # the choice is made; the maths and the loop ask this, never the device's name.
     eager_scalars = True
 

@@ -21,8 +21,10 @@ old or the new checkpoint, never a broken one.
 
 Format versions: 1 (charrnn 0.1.0) knew only the vanilla cell and its config has
 no model.cell or model.dropout; it is read as cell rnn without dropout, which is
-what it was. 2 adds them. 3 adds the ema.* arrays; a checkpoint without them is
-still written as version 2, so that releases that read only 2 (0.2.0) still read it.
+what it was. 2 adds them. 3 adds the ema.* arrays and the config keys of
+config.OPTIONAL_OFF (train.device, the regularisers), which a version-2 reader does not
+know; a checkpoint that holds none of them (every CPU run with those options off) is still
+written as version 2, so that releases that read only 2 (0.2.0) still read it.
 """
 
 from __future__ import annotations
@@ -37,14 +39,14 @@ import numpy as np
 
 from .backend import to_host
 from .cells import make_cell
-from .config import ConfigError, config_from_json
+from .config import OPTIONAL_OFF, ConfigError, config_from_json
 from .data import DataError, Vocab
 from .errors import CharRNNError
 from .files import atomic_write
 from .model import DTYPES, CharRNN, param_shapes
 
 FORMAT = "charrnn-checkpoint"
-FORMAT_VERSION = 3  # the newest this release reads and writes (3 only when there are ema.* arrays)
+FORMAT_VERSION = 3  # the newest this release reads and writes (see the module doc for when it writes 3)
 BEST, LAST = "best.npz", "last.npz"
 
 
@@ -72,6 +74,11 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta["step"])
+
+    def weights(self, averaged: bool = True) -> str:
+        """Which weights `model(averaged=...)` gives: "averaged" or "trained" (a checkpoint without an average
+        has only the latter)."""
+        return "averaged" if averaged and self.ema is not None else "trained"
 
     @property
     def inference_params(self) -> dict[str, np.ndarray]:
@@ -116,7 +123,9 @@ def save(path: str | os.PathLike, params, meta: dict, optim_state=None, h=None, 
         arrays[f"ema.{name}"] = to_host(arr)
     if h is not None:
         arrays["state.h"] = to_host(h)
-    doc = {"format": FORMAT, "format_version": FORMAT_VERSION if ema else 2, **meta}
+    stored = meta.get("config", {})
+    new_keys = any(key in stored.get(section, {}) for section, key in OPTIONAL_OFF)
+    doc = {"format": FORMAT, "format_version": FORMAT_VERSION if ema or new_keys else 2, **meta}
     arrays["meta"] = np.array(json.dumps(doc, ensure_ascii=False))
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -271,7 +280,9 @@ def _finite(arr: np.ndarray, key: str, p: Path) -> np.ndarray:
     return arr
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> tuple[CharRNN, Vocab, Checkpoint]:
-    """The model (on device) and vocabulary of a checkpoint (file or run folder)."""
+def load_model(
+    path: str | os.PathLike, device: str = "cpu", averaged: bool = True
+) -> tuple[CharRNN, Vocab, Checkpoint]:
+    """The model (on device) and vocabulary of a checkpoint (file or run folder); averaged as in `Checkpoint.model`."""
     ckpt = load(path)
-    return ckpt.model(device), ckpt.vocab, ckpt
+    return ckpt.model(device, averaged), ckpt.vocab, ckpt

@@ -39,7 +39,7 @@ class ModelConfig:
     num_layers: int = 1
     activation: str = "tanh"  # tanh | relu (relu for cell rnn only)
     dropout: float = 0.0  # probability of dropping each unit of every layer's output, in training
-    variational_dropout: bool = False  # one dropout mask per window for all its steps (locked), not one per step
+    variational_dropout: bool = False  # one dropout mask per window for all its steps (locked); off without dropout
     weight_drop: float = 0.0  # DropConnect on each layer's recurrent matrix Whh, one mask per window
     embed_dropout: float = 0.0  # probability of dropping a whole character (its embedding row) for a window
     dtype: str = "float32"  # float32 | float64
@@ -320,6 +320,8 @@ def from_dict(raw: Any, default_out_dir: str = "") -> Config:
                 setattr(section, sub, check_value(dotted, v, str(fields[sub].type)))
         else:
             setattr(cfg, key, _coerce(key, value, str(top_fields[key].type)))
+    if not cfg.model.dropout:  # locked dropout is a way of drawing dropout's masks: without dropout it is off
+        cfg.model.variational_dropout = False
     allowed = cell_activations(cfg.model.cell)
     if cfg.model.activation not in allowed:
         why = " (relu is for cell rnn only)" if cfg.model.activation == "relu" else ""

@@ -291,7 +291,10 @@ class CharRNN:
             cell_buffer = _layer_buffer(buffer, i)
             out = None if buffer is None else buffer(f"a.{i}", (T, B, GH))
             if i == 0:
-                W0 = lp["Wxh"] if embed_mask is None else lp["Wxh"] * embed_mask
+                W0 = lp["Wxh"]
+                if embed_mask is not None:
+                    out_w = None if buffer is None else buffer("embed_dropped.Wxh", W0.shape)
+                    W0 = xp.multiply(W0, embed_mask, out=out_w)
                 a, pc = onehot_affine_forward(ids_tb, W0, lp["bh"], out=out)  # (T, B, G*H)
             else:
                 a, pc = affine_forward(x, lp["Wxh"], lp["bh"], out=out)  # (T, B, G*H)
@@ -300,7 +303,8 @@ class CharRNN:
                 shape = lp["Whh"].shape
                 weight_mask = None if buffer is None else buffer(f"wmask.{i}", shape)
                 weight_mask = dropout_mask(rng, shape, self.weight_drop, self.dtype, out=weight_mask, be=be)
-                lp = {**lp, "Whh": lp["Whh"] * weight_mask}
+                out_w = None if buffer is None else buffer(f"weight_dropped.{i}", shape)
+                lp = {**lp, "Whh": xp.multiply(lp["Whh"], weight_mask, out=out_w)}
             hs, s_last, cc = self.cell.forward(a, h0[i], lp, cell_buffer)  # (T, B, H), (B, S)
             mask = None
             if drop > 0:

@@ -482,6 +482,7 @@ def open_run(
     prime_echo: bool = True,
     keep_text: bool = True,
     device: str = "cpu",
+    averaged: bool = True,
 ) -> SampleRun:
     """Load a checkpoint and check a sampling request; returns the `SampleRun` that draws it.
 
@@ -490,12 +491,14 @@ def open_run(
     caller keeps the K texts (--json, --no-stream); counted in the memory check, which
     raises SampleError when the request needs more than the memory available.
     Without a seed one is drawn (`fresh_seed`); info["seed"] says which. device: where the
-    model runs (cpu, or cuda: the draws stay on the host, from the same generators).
+    model runs (cpu, or cuda: the draws stay on the host, from the same generators). averaged: the
+    checkpoint's weight average if it has one, else its weights (False: the weights being trained);
+    info["weights"] says which.
     """
     _check_length(n)
     decoding = decoding or Decoding()
     get_backend(device)  # cuda without CuPy or a GPU: that line first
-    model, vocab, ckpt = checkpoint.load_model(path, device)
+    model, vocab, ckpt = checkpoint.load_model(path, device, averaged)
     missing = vocab.unknown(prime)
     dropped_count = 0
     if missing:
@@ -517,7 +520,7 @@ def open_run(
         seed = fresh_seed()
     info = {
         "checkpoint": ckpt.path, "step": ckpt.step, "seed": seed, **asdict(decoding), "n": n, "prime": prime,
-        "num_samples": num_samples, "dropped": "".join(missing),
+        "num_samples": num_samples, "dropped": "".join(missing), "weights": ckpt.weights(averaged),
     }  # fmt: skip
     return SampleRun(model, vocab, info, prime if prime_echo else "", "".join(missing), dropped_count)
 

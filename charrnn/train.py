@@ -201,8 +201,9 @@ def ema_rate(t: int, decay: float) -> float:
     The warm-up of TensorFlow's ExponentialMovingAverage (its num_updates): the
     first updates' average follows the parameters closely (0.18 at t = 1, 0.5 at
     t = 8), so it never holds on to the random initial weights for the ~1/(1 - decay)
-    steps a fixed decay would; from t = (10 decay - 1) / (1 - decay) on (8,991 for
-    0.999) it is the decay itself.
+    steps a fixed decay would; from t = (10 decay - 1) / (1 - decay) on (8,990 for
+    0.999) it is the decay itself. So in a shorter run every decay above (1 + T) / (10 + T),
+    T its last step (0.9960 at 2,250 steps), gives the same average: the warm-up rules.
     """
     return min(decay, (1 + t) / (10 + t))
 
@@ -566,6 +567,7 @@ def _train_locked(cfg: Config, ds: Dataset, n_windows: int, out: Path, resume: b
 
         if st.step % tc.eval_every == 0 or st.step == tc.max_steps:
             steps.flush()  # before the evaluation saves: a diverged step stops the run first
+            st.elapsed = base_elapsed + (time.perf_counter() - run_start)  # with the flush's wait for the device
             if ev.evaluate(lr, chars_per_sec):
                 status = "early_stop"
             # the evaluation and sample are not training time
@@ -767,8 +769,14 @@ class _Evaluator:
         return bool(tc.patience and st.evals_since_best >= tc.patience)
 
 
-def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None = None, device: str = "cpu") -> dict:
-    """Validation loss of a checkpoint over the whole val split of its data (or of `data`), on device."""
+def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None = None, device: str = "cpu",
+                    averaged: bool = True) -> dict:  # fmt: skip
+    """Validation loss of a checkpoint over the whole val split of its data (or of `data`), on device.
+
+    averaged: score the checkpoint's weight average if it has one (what its training scored), else
+    its weights; False: the weights being trained. The result's "weights" says which ("averaged" or
+    "trained").
+    """
     get_backend(device)  # cuda without CuPy or a GPU: that line first
     ckpt = checkpoint.load(path)
     cfg = ckpt.config
@@ -782,8 +790,8 @@ def eval_checkpoint(path: str, data: str | None = None, batch_size: int | None =
     if ds.vocab.chars != ckpt.vocab.chars:
         raise TrainError(f"the vocabulary of {ds.path} differs from the checkpoint's "
                          f"({ckpt.vocab.difference(ds.vocab)})")  # fmt: skip
-    model = ckpt.model(device)
+    model = ckpt.model(device, averaged)
     B = batch_size or cfg.train.batch_size
     val = evaluate(model, ds.val, B, cfg.train.seq_length)
     return {"checkpoint": ckpt.path, "data": ds.path, "step": ckpt.step, "val_loss": val, "val_bpc": val / LN2,
-            "val_chars": int(len(ds.val) - 1)}  # fmt: skip
+            "val_chars": int(len(ds.val) - 1), "weights": ckpt.weights(averaged)}  # fmt: skip

@@ -137,9 +137,12 @@ def test_the_regularisers_are_stored_only_when_on():
     stored = from_dict({"data": "d", "out_dir": "o"}).to_dict()
     assert not {"variational_dropout", "weight_drop", "embed_dropout"} & set(stored["model"])
     assert "ema_decay" not in stored["train"]
-    on = from_dict({"data": "d", "out_dir": "o", "model": {"weight_drop": 0.2, "variational_dropout": True},
-                    "train": {"ema_decay": 0.999}})  # fmt: skip
+    on = from_dict({"data": "d", "out_dir": "o", "model": {"weight_drop": 0.2, "variational_dropout": True,
+                    "dropout": 0.1}, "train": {"ema_decay": 0.999}})  # fmt: skip
     d = on.to_dict()
     assert d["model"]["weight_drop"] == 0.2 and d["model"]["variational_dropout"] is True
     assert d["train"]["ema_decay"] == 0.999 and "embed_dropout" not in d["model"]
     assert from_dict(d) == on
+    # variational dropout is a way of drawing dropout's masks: without dropout it is off, and not stored
+    alone = from_dict({"data": "d", "out_dir": "o", "model": {"variational_dropout": True}})
+    assert alone.model.variational_dropout is False and "variational_dropout" not in alone.to_dict()["model"]

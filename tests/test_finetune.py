@@ -158,3 +158,16 @@ def test_init_from_a_checkpoint_that_the_new_run_would_replace_is_refused(tmp_pa
     with pytest.raises(TrainError, match=r"is a checkpoint of out_dir .* which a new run replaces"):
         train(cfg, force=True)
     assert checkpoint.load(pre / "best.npz").step == 40  # untouched
+
+
+def test_fine_tuning_starts_from_the_checkpoints_weight_average(tmp_path, data_dir):
+    from charrnn.finetune import init_from
+
+    pre = _pretrain(tmp_path / "pre", data_dir, ema_decay=0.9)
+    old = checkpoint.load(pre / "best.npz")
+    cfg = load_config(_config(tmp_path / "ft", data_dir, max_steps=10))
+    fresh = init_params(old.vocab.size, 16, 1, rng=np.random.default_rng(0))
+    params, _ = init_from(str(pre), cfg, old.vocab, fresh)  # the same text: every row carries over
+    for name in old.params:
+        np.testing.assert_array_equal(params[name], old.ema[name])
+    assert any(not np.array_equal(old.ema[k], old.params[k]) for k in old.params)

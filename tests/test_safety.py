@@ -245,6 +245,24 @@ def test_newer_foreign_and_inconsistent_checkpoints(tmp_path, ckpt_file):
     assert "no such checkpoint" in one_line_error(runner.invoke(app, ["sample", "--ckpt", str(missing)]))
 
 
+def test_damaged_weight_averages_are_refused(tmp_path, ckpt_file):
+    def with_average(change):
+        def edit(meta, arrays):
+            params = {k: v for k, v in arrays.items() if k != "meta" and not k.startswith(("optim.", "state."))}
+            arrays.update({f"ema.{k}": v for k, v in params.items()})  # a whole average, then the damage
+            change(arrays)
+
+        return edit
+
+    partial = tmp_path / "partial.npz"
+    rewrite_meta(ckpt_file, partial, with_average(lambda a: a.pop("ema.Why")))
+    with pytest.raises(CheckpointError, match="averaged parameters lack Why"):
+        checkpoint.load(partial)
+    stray = tmp_path / "stray.npz"
+    rewrite_meta(ckpt_file, stray, with_average(lambda a: a.update({"ema.layers.9.Whh": a["ema.Why"]})))
+    assert "names no parameter" in one_line_error(runner.invoke(app, ["eval", "--ckpt", str(stray)]))
+
+
 def test_truncated_checkpoints_are_clear_errors(tmp_path, ckpt_file):
     raw = ckpt_file.read_bytes()
     for cut in (0, 10, len(raw) // 3, len(raw) // 2, len(raw) - 1):

@@ -161,9 +161,39 @@ def test_the_averaged_weights_are_what_is_evaluated_kept_and_sampled(tmp_path, d
     assert best.ema is not None and any(not np.array_equal(best.ema[k], best.params[k]) for k in best.params)
     recorded = next(rec["val_loss"] for rec in records(tmp_path / "run") if rec["step"] == best.step)
     assert recorded == r.best_val == eval_checkpoint(str(tmp_path / "run"))["val_loss"]  # best.npz, averaged
-    assert best.model(averaged=False).params["Why"] is not best.model().params["Why"]
-    np.testing.assert_array_equal(best.model().params["Why"], best.ema["Why"])
-    np.testing.assert_array_equal(best.model(averaged=False).params["Why"], best.params["Why"])
+    trained = eval_checkpoint(str(tmp_path / "run"), averaged=False)
+    assert trained["weights"] == "trained" and trained["val_loss"] != recorded
+    for name in best.params:
+        np.testing.assert_array_equal(best.model().params[name], best.ema[name])
+        np.testing.assert_array_equal(best.model(averaged=False).params[name], best.params[name])
+    # sample draws from the average too (and from the trained weights when asked)
+    from charrnn.model import CharRNN
+    from charrnn.sampling import generate, open_run
+
+    text = open_run(str(tmp_path / "run"), 60, seed=3).result()
+    assert text["weights"] == "averaged"
+    assert text["samples"] == generate(CharRNN.from_params(best.ema), best.vocab, 60, seed=3)
+    assert open_run(str(tmp_path / "run"), 60, seed=3, averaged=False).result()["samples"] == generate(
+        CharRNN.from_params(best.params), best.vocab, 60, seed=3
+    )
+
+
+def test_switching_the_average_on_or_off_at_a_resume_says_so(tmp_path, data_dir):
+    notes = []
+
+    def run(resume, **keys):
+        cfg = load_config(write_config(tmp_path, data_dir, max_steps=keys.pop("max_steps"), eval_every=10, **keys))
+        train(cfg, resume=resume, callback=lambda k, i: notes.extend(i["notes"]) if k == "start" else None)
+        return checkpoint.load(tmp_path / "run" / "last.npz")
+
+    plain = run(False, max_steps=10)
+    assert plain.ema is None and plain.meta["format_version"] == 2
+    on = run(True, max_steps=20, ema_decay=0.9)  # the average starts at the resumed weights
+    assert on.ema is not None and on.meta["format_version"] == 3
+    assert any("the weight average starts here, from the step-10 weights" in n for n in notes)
+    off = run(True, max_steps=30)
+    assert off.ema is None and off.meta["format_version"] == 2
+    assert any("the checkpoint's weight average is dropped" in n for n in notes)
 
 
 def test_the_average_follows_the_parameters_with_a_warm_up():

@@ -98,6 +98,14 @@ def block_steps(T: int, B: int) -> int:
     return max(1, min(T, BLOCK_ROWS // B))
 
 
+def sigmoid(x, xp=np):
+    """The logistic function as an expression, 1 / (1 + exp(-x)), for the fused kernels (`kernels(xp)`).
+
+    exp overflows to inf for x < -88 in float32, and 1 / inf = 0 is the right value.
+    """
+    return 1 / (1 + xp.exp(-x))
+
+
 def sigmoid_(x: np.ndarray, xp=np) -> np.ndarray:
     """The logistic function in place, as 0.5 * tanh(x / 2) + 0.5: one vectorised tanh, no overflow."""
     x *= 0.5

@@ -37,6 +37,7 @@ import numpy as np
 from ..backend import backend_of
 from . import cell_activations
 from .base import BaseCell, block_steps, gate_blocks, input_weights, orthogonal, sigmoid_, work, zeroed
+from .base import sigmoid as base_sigmoid
 
 
 class GRUCache(NamedTuple):
@@ -58,8 +59,8 @@ def kernels(xp):
         du.. <- [da_r, da_z, da_n], dv.. <- [da_r, da_z, da_n r], direct <- dh_t z_t. dh is only read.
     """
 
-    def sigmoid(x):
-        return 1 / (1 + xp.exp(-x))  # exp overflows to inf for x < -88 (float32): 1 / inf = 0 is right
+    def sigmoid(x):  # base.sigmoid bound to xp
+        return base_sigmoid(x, xp)
 
     def forward(r, z, n, vr, vz, vn, bhn, h_prev, hn, h):
         gr, gz = sigmoid(r + vr), sigmoid(z + vz)

@@ -50,6 +50,7 @@ from .base import (
     work,
     zeroed,
 )
+from .base import sigmoid as base_sigmoid
 
 # Initial bias of the forget gate. Jozefowicz, Zaremba & Sutskever (2015) recommend 1; on
 # tiny-shakespeare (1 x 256, B32 T64, Adam 2e-3 cosine, whole-split validation) 0 measured
@@ -96,8 +97,8 @@ def kernels(xp):
         zero after the last step) <- dc_t f_t. dh is only read.
     """
 
-    def sigmoid(x):
-        return 1 / (1 + xp.exp(-x))  # exp overflows to inf for x < -88 (float32): 1 / inf = 0 is right
+    def sigmoid(x):  # base.sigmoid bound to xp
+        return base_sigmoid(x, xp)
 
     def forward(i, f, g, o, ri, rf, rg, ro, c_prev, c, tanh_c, h):
         gi, gf, gg, go = sigmoid(i + ri), sigmoid(f + rf), xp.tanh(g + rg), sigmoid(o + ro)

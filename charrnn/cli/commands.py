@@ -32,6 +32,8 @@ from .options import (
     SeedOpt,
     ThreadsOpt,
     Unknown,
+    Weights,
+    WeightsOpt,
     XAxis,
     apply_threads,
     check_duration,
@@ -200,6 +202,7 @@ def eval_(
     data: Annotated[
         str | None, typer.Option("--data", help="Prepared data folder.", show_default="the checkpoint's")
     ] = None,
+    weights: WeightsOpt = Weights.averaged,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
     as_json: JsonOpt = False,
@@ -209,12 +212,14 @@ def eval_(
     from ..train import eval_checkpoint
 
     with user_errors():
-        r = eval_checkpoint(ckpt, data, device=device.value if device else "cpu")
+        r = eval_checkpoint(ckpt, data, device=device.value if device else "cpu",
+                            averaged=weights is Weights.averaged)  # fmt: skip
     if as_json:
         print(json.dumps(r))
     else:
+        which = ", averaged weights" if r["weights"] == "averaged" else ""
         print(f"val loss {r['val_loss']:.4f} nats/char, {r['val_bpc']:.4f} bits/char "
-              f"({plural(r['val_chars'], 'character')}, step {r['step']}, {r['checkpoint']})")  # fmt: skip
+              f"({plural(r['val_chars'], 'character')}, step {r['step']}{which}, {r['checkpoint']})")  # fmt: skip
 
 
 @app.command(cls=Command)
@@ -248,6 +253,7 @@ def sample(
         int, typer.Option("--num-samples", "-k", min=1, help="Independent samples, printed one after another.")
     ] = 1,
     separator: Annotated[str, typer.Option("--separator", help="Line printed between samples.")] = "---",
+    weights: WeightsOpt = Weights.averaged,
     stream: Annotated[
         bool | None,
         typer.Option(
@@ -280,7 +286,7 @@ def sample(
         run = open_run(
             ckpt, n, prime=prime or "", decoding=Decoding(temperature, top_k, top_p, argmax),
             seed=seed, num_samples=num_samples, unknown=unknown.value, prime_echo=prime_echo,
-            keep_text=not streaming, device=device.value if device else "cpu",
+            keep_text=not streaming, device=device.value if device else "cpu", averaged=weights is Weights.averaged,
         )  # fmt: skip
         # every check has passed: the notes go to stderr before the first character
         if seed is None and not argmax:

@@ -67,6 +67,22 @@ DeviceOpt = Annotated[
 CkptOpt = Annotated[str, typer.Option("--ckpt", help="Checkpoint file, or run folder (its best.npz, else last.npz).")]
 
 
+class Weights(str, Enum):
+    averaged = "averaged"
+    trained = "trained"
+
+
+WeightsOpt = Annotated[
+    Weights,
+    typer.Option(
+        "--weights",
+        case_sensitive=False,
+        help="averaged: the checkpoint's weight average if it has one (train.ema_decay), else its weights; "
+        "trained: the weights being trained.",
+    ),
+]
+
+
 def apply_threads(n: int | None) -> None:
     """Limit the BLAS threads before the command imports numpy (see charrnn.threads); 0 or None: the default."""
     if n:
