@@ -114,8 +114,10 @@ def test_vanilla_cell_passes_with_dropout():
 
 @pytest.mark.parametrize("cell, activation", [("rnn", "tanh"), ("rnn", "relu"), ("lstm", "tanh"), ("gru", "tanh")])
 def test_every_cell_passes_with_weight_drop_embedding_and_variational_dropout(cell, activation):
+    # 30 random entries per array (every array, h0 included): the masks touch every one alike; the full check
+    # of every entry is `charrnn gradcheck --weight-drop 0.3 ...`, whose results docs/commands.md quotes
     r = gradcheck(cell=cell, activation=activation, layers=2, dropout=0.3, variational_dropout=True, weight_drop=0.3,
-                  embed_dropout=0.3, seed=5)  # fmt: skip
+                  embed_dropout=0.3, seed=5, max_checks=30)  # fmt: skip
     assert r.passed, [(c.name, c.max_rel_error) for c in r.checks]
     assert r.settings["weight_drop"] == 0.3 and r.settings["variational_dropout"] is True
 
@@ -132,7 +134,7 @@ def test_a_mask_left_out_of_the_backward_pass_is_caught(monkeypatch, option):
         return real(self, cache._replace(**forget), buffer)
 
     monkeypatch.setattr(CharRNN, "_backward", forgets_the_mask)
-    r = gradcheck(cell="lstm", layers=2, seed=1, **{option: 0.4})
+    r = gradcheck(cell="lstm", layers=2, seed=1, max_checks=20, **{option: 0.4})
     assert not r.passed
 
 
