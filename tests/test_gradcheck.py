@@ -177,7 +177,7 @@ def test_relu_entries_whose_step_crosses_a_kink_are_left_out_not_failed(monkeypa
     monkeypatch.setattr(CharRNN, "kink_pattern", lambda self, cache: None)  # without the check: they fail
     blind = gradcheck(vocab=12, hidden=24, layers=2, batch=3, seq=8, activation="relu", seed=1, eps=3e-3)
     assert not blind.passed and sum(c.at_kink for c in blind.checks) == 0
-    tanh = gradcheck(vocab=12, hidden=24, layers=2, batch=3, seq=8, seed=1)
+    tanh = gradcheck(vocab=12, hidden=24, layers=2, batch=3, seq=8, seed=1, max_checks=40)
     assert sum(c.at_kink for c in tanh.checks) == 0  # smooth cells have no kinks to leave out
 
 
