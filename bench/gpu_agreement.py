@@ -2,7 +2,7 @@
 
     python bench/gpu_agreement.py --data tinyshakespeare.txt [--steps 300] [--cpu-seconds 150] [--out DIR]
 
-Trains configs/shakespeare-lstm.yaml (LSTM 2 x 512, dropout 0.25, batch 32, Adam) from the same
+Trains configs/shakespeare-lstm.yaml (LSTM 2 x 512, its regularisers, batch 32, Adam) from the same
 seed on cuda for --steps steps and on cpu for as many of them as --cpu-seconds allow, evaluating
 on the whole validation split every 100 steps, and writes agreement.json: the per-step training
 losses of both, their largest difference over the steps both ran, the validation losses, the
