@@ -4,15 +4,18 @@
 
 Times charrnn's training step (bench.py's `Ours`, Adam, clipping; timed up to the last loss's
 read-back) on cuda:
-  * LSTM 2 x 512 and vanilla 1 x 512 at B 64, 256 and 1024 (T 100): if the step's time does not grow
-    with B, the device is idle part of the time and the host's kernel launches set the pace;
+  * LSTM 2 x 512 and vanilla 1 x 512 at B 64, 256 and 1024 (T 100), the better of two timings
+    (best_ms_per_step): if the step's time does not grow with B, the device is idle part of the
+    time and the host's kernel launches set the pace;
   * LSTM 2 x 512 at B64 with the fused cell kernels off (`CudaBackend.fuse_cells = False`) and with a
     read-back every step (`CudaBackend.eager_scalars = True`): what those two items of docs/gpu.md gain;
-  * the device's busy time per step, the sum of its kernels' durations as CUPTI records them
-    (torch.profiler, which sees every kernel of the process, CuPy's too), against the step's wall
-    time, and the host's Python profile of a step (cProfile, the top functions by own time).
-Writes profile.json and profile.txt to --out. Part of bench/gpu_check.sh's follow-ups (docs/gpu.md,
-"Speed work"). CHARRNN_FAKE_CUPY=1 runs it against the tests' stand-in (a dry run, no timing meaning).
+  * the device's busy time per step, the sum of its operations' durations (kernels, copies, memsets)
+    as CUPTI records them (torch.profiler, which sees every kernel of the process, CuPy's too),
+    against the step's wall time with and without the profiler, and the host's Python profile over
+    10 steps (cProfile, the top functions by own time; a fused kernel's call counts in its caller's);
+  * whether one step can be captured as a CUDA graph as the code stands (`capture_probe`).
+Writes profile.json and profile.txt to --out. Run after bench/gpu_check.sh, for docs/gpu.md's
+"Speed" section. CHARRNN_FAKE_CUPY=1 runs it against the tests' stand-in (a dry run, no timing meaning).
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ def rate(cell, H, L, B, T, ids, V, seconds) -> dict:
     runs = [bench.throughput(trainer, windows, seconds) for _ in range(2)]
     best = max(runs)
     return {"cell": cell, "hidden": H, "layers": L, "batch": B, "seq": T, "chars_per_s": runs,
-            "ms_per_step": B * T / best * 1e3}  # fmt: skip
+            "best_ms_per_step": B * T / best * 1e3}  # fmt: skip
 
 
 def device_busy(ids, V, steps: int = 5) -> dict:
-    """LSTM 2x512 B64: wall ms per step against the summed kernel time per step (CUPTI via torch.profiler)."""
+    """LSTM 2x512 B64: wall ms per step, with and without the profiler, against the summed device time per step
+    (CUPTI via torch.profiler): its kernels, and its copies and memsets counted apart."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -52,6 +56,11 @@ def device_busy(ids, V, steps: int = 5) -> dict:
     for _ in range(3):
         loss = trainer.step(*windows.next())
     float(loss)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = trainer.step(*windows.next())
+    float(loss)
+    plain = time.perf_counter() - t0
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
         for _ in range(steps):
@@ -59,9 +68,11 @@ def device_busy(ids, V, steps: int = 5) -> dict:
         float(loss)
         wall = time.perf_counter() - t0
         torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
-    busy_us = sum(e.device_time for e in kernels)  # microseconds
-    return {"steps": steps, "wall_ms_per_step": wall / steps * 1e3, "kernels_per_step": len(kernels) / steps,
+    ops = [e for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    copies = [e for e in ops if e.name.startswith(("Memcpy", "Memset"))]
+    busy_us = sum(e.device_time for e in ops)  # microseconds
+    return {"steps": steps, "wall_ms_per_step": plain / steps * 1e3, "profiled_wall_ms_per_step": wall / steps * 1e3,
+            "device_ops_per_step": len(ops) / steps, "copies_per_step": len(copies) / steps,
             "device_busy_ms_per_step": busy_us / steps / 1e3}  # fmt: skip
 
 
@@ -137,7 +148,7 @@ def main() -> None:
         for B in batches:
             r = rate(cell, H, L, B, T, ids, V, args.seconds)
             report["batch_scaling"].append(r)
-            log(f"{cell} {L}x{H} B{B}: {r['ms_per_step']:.1f} ms/step")
+            log(f"{cell} {L}x{H} B{B}: {r['best_ms_per_step']:.1f} ms/step")
     for name, attr, value in (("unfused", "fuse_cells", False), ("eager_scalars", "eager_scalars", True)):
         old = getattr(CudaBackend, attr)
         setattr(CudaBackend, attr, value)
@@ -146,7 +157,7 @@ def main() -> None:
         finally:
             setattr(CudaBackend, attr, old)
         report["variants"][name] = r
-        log(f"lstm 2x{H} B{batches[0]}, {name}: {r['ms_per_step']:.1f} ms/step")
+        log(f"lstm 2x{H} B{batches[0]}, {name}: {r['best_ms_per_step']:.1f} ms/step")
     text = ""
     if not os.environ.get("CHARRNN_FAKE_CUPY"):
         try:
