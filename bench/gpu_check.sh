@@ -45,7 +45,7 @@ if [ -n "${DRY_RUN:-}" ]; then
     agree_args=(--steps 3 --cpu-seconds 5)
 else
     "$PY" -m pip install --no-deps --no-build-isolation -q -e . >"$OUT/pip.txt" 2>&1 || { echo "pip install failed" >&2; cat "$OUT/pip.txt" >&2; }
-    nvidia-smi 2>&1 | sed -n 3,4p | tee -a "$OUT/summary.txt"
+    nvidia-smi 2>&1 | sed -n 3p | tee -a "$OUT/summary.txt"  # the header: driver and CUDA version
     "$PY" - <<'EOF' 2>&1 | tee -a "$OUT/summary.txt"
 import cupy, numpy, sys
 n = cupy.cuda.runtime.getDeviceCount()
