@@ -45,28 +45,36 @@ def rate(cell, H, L, B, T, ids, V, seconds) -> dict:
             "best_ms_per_step": B * T / best * 1e3}  # fmt: skip
 
 
+PROBE = (512, 2, 64, 100)  # H, L, B, T of the model the profiles and the capture probe look at: LSTM 2x512 B64
+
+
+def warmed_lstm(ids, V):
+    """bench.py's trainer for PROBE and its windows, after 3 steps read back (compiled kernels, a filled pool)."""
+    H, L, B, T = PROBE
+    trainer, windows = bench.Ours(V, H, L, B, T, "lstm", device="cuda"), bench.Windows(ids, B, T)
+    run_steps(trainer, windows, 3)
+    return trainer, windows
+
+
+def run_steps(trainer, windows, steps: int) -> float:
+    """Seconds for `steps` training steps, up to the last loss read back (the device done with all of them)."""
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = trainer.step(*windows.next())
+    float(loss)
+    return time.perf_counter() - t0
+
+
 def device_busy(ids, V, steps: int = 5) -> dict:
     """LSTM 2x512 B64: wall ms per step, with and without the profiler, against the summed device time per step
     (CUPTI via torch.profiler): its kernels, and its copies and memsets counted apart."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    trainer = bench.Ours(V, 512, 2, 64, 100, "lstm", device="cuda")
-    windows = bench.Windows(ids, 64, 100)
-    for _ in range(3):
-        loss = trainer.step(*windows.next())
-    float(loss)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = trainer.step(*windows.next())
-    float(loss)
-    plain = time.perf_counter() - t0
+    trainer, windows = warmed_lstm(ids, V)
+    plain = run_steps(trainer, windows, steps)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            loss = trainer.step(*windows.next())
-        float(loss)
-        wall = time.perf_counter() - t0
+        wall = run_steps(trainer, windows, steps)
         torch.cuda.synchronize()
     ops = [e for e in prof.events() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
     copies = [e for e in ops if e.name.startswith(("Memcpy", "Memset"))]
@@ -82,8 +90,9 @@ def capture_probe(ids, V, on_device: bool, replays: int = 20) -> dict:
     with one learning rate. on_device: the window's ids go up before the capture (else they are numpy)."""
     import cupy
 
-    trainer = bench.Ours(V, 512, 2, 64, 100, "lstm", device="cuda")
-    x, y = bench.Windows(ids, 64, 100).next()
+    H, L, B, T = PROBE
+    trainer = bench.Ours(V, H, L, B, T, "lstm", device="cuda")
+    x, y = bench.Windows(ids, B, T).next()
     if on_device:
         x, y = cupy.asarray(x), cupy.asarray(y)
     for _ in range(3):  # the memory pool holds every block a step asks for
@@ -110,16 +119,10 @@ def capture_probe(ids, V, on_device: bool, replays: int = 20) -> dict:
 
 
 def host_profile(ids, V, steps: int = 10) -> str:
-    trainer = bench.Ours(V, 512, 2, 64, 100, "lstm", device="cuda")
-    windows = bench.Windows(ids, 64, 100)
-    for _ in range(3):
-        loss = trainer.step(*windows.next())
-    float(loss)
+    trainer, windows = warmed_lstm(ids, V)
     pr = cProfile.Profile()
     pr.enable()
-    for _ in range(steps):
-        loss = trainer.step(*windows.next())
-    float(loss)
+    run_steps(trainer, windows, steps)
     pr.disable()
     s = io.StringIO()
     pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
